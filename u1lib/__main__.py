@@ -1,0 +1,5 @@
+import sys
+
+from u1lib.cli import main
+
+sys.exit(main())

@@ -1,0 +1,40 @@
+"""``python -m u1lib <verb> ...``: one entry point, each verb owned by the module that does the work.
+
+Verbs are imported lazily so ``python -m u1lib pack`` never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+VERBS = {
+    "tiny": ("u1lib.tiny", "Build the embedded tiny model snapshot"),
+    "snapshot": ("u1lib.hub", "Download or build a model snapshot and write its manifest"),
+    "install-modeling": ("u1lib.hub", "Verify upstream modeling files against sha256 pins and install them"),
+    "pack": ("u1lib.data.pack", "Pack a folder of captioned images into parquet"),
+    "inspect-data": ("u1lib.data.pack", "Summarise a packed parquet file"),
+    "cache": ("u1lib.cache", "Precompute prefix K/V of every caption"),
+    "train": ("u1lib.train.loop", "Train a LoRA"),
+    "sample": ("u1lib.sample", "Sample images from base model and adapters"),
+    "report": ("u1lib.report", "Build the HTML ablation report"),
+    "inspect": ("u1lib.lora.inspect", "Show LoRA targets and trainable counts from config.json alone"),
+    "parity": ("u1lib.parity", "Check the engine against a golden folder"),
+    "bench": ("u1lib.bench", "Full-size random-weight benchmarks (GPU)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        width = max(map(len, VERBS))
+        lines = [f"  {verb:<{width}}  {help_}" for verb, (_, help_) in VERBS.items()]
+        print("usage: python -m u1lib <verb> [options]\n\nverbs:\n" + "\n".join(lines))
+        return 0 if argv else 2
+    verb, rest = argv[0], argv[1:]
+    if verb not in VERBS:
+        print(f"u1lib: unknown verb {verb!r}; choose one of: {', '.join(VERBS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(VERBS[verb][0])
+    # each owning module exposes cli(verb, argv) -> exit code
+    return int(module.cli(verb, rest) or 0)
