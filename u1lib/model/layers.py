@@ -1,0 +1,127 @@
+"""Decoder layer of the Mixture-of-Transformers: two parameter sets, one shared attention.
+
+Every understanding module has a ``_mot_gen`` twin of identical shape. A call runs one tower:
+``und`` for the text prefix (causal), ``gen`` for image tokens (attending to [prefix K/V ; own K/V]).
+Attribute names mirror upstream so ``state_dict()`` keys are the checkpoint's keys.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import U1Config
+from .rope import AxisAngles
+
+SUFFIX = {"und": "", "gen": "_mot_gen"}
+
+
+class RMSNorm(nn.Module):
+    """Qwen3 RMSNorm: normalise in float32, cast back, then scale."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden: int, intermediate: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def attend(q, k, v, *, causal: bool = False, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """SDPA with grouped KV heads (query head h reads KV head h // groups).
+
+    Without a mask the fused GQA path runs; with a padding mask the KV heads are expanded, since not
+    every SDPA kernel accepts both.
+    """
+    groups = q.shape[1] // k.shape[1]
+    if key_mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=groups > 1)
+    if groups > 1:
+        k = k.repeat_interleave(groups, dim=1)
+        v = v.repeat_interleave(groups, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, is_causal=causal)
+
+
+class TwinAttention(nn.Module):
+    """q/k/v/o projections and the four per-half q/k norms, once per tower."""
+
+    def __init__(self, cfg: U1Config):
+        super().__init__()
+        h, d = cfg.hidden_size, cfg.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, d
+        for sfx in SUFFIX.values():
+            setattr(self, f"q_proj{sfx}", nn.Linear(h, self.num_heads * d, bias=False))
+            setattr(self, f"k_proj{sfx}", nn.Linear(h, self.num_kv_heads * d, bias=False))
+            setattr(self, f"v_proj{sfx}", nn.Linear(h, self.num_kv_heads * d, bias=False))
+            setattr(self, f"o_proj{sfx}", nn.Linear(self.num_heads * d, h, bias=False))
+            for norm in ("q_norm", "q_norm_hw", "k_norm", "k_norm_hw"):
+                setattr(self, f"{norm}{sfx}", RMSNorm(d // 2, cfg.rms_norm_eps))
+
+    def _part(self, name: str, tower: str) -> nn.Module:
+        return getattr(self, name + SUFFIX[tower])
+
+    def _normed_heads(self, x, which: str, heads: int, tower: str, angles: AxisAngles) -> torch.Tensor:
+        b, s, _ = x.shape
+        x = self._part(f"{which}_proj", tower)(x).view(b, s, heads, self.head_dim)
+        half = self.head_dim // 2
+        t_part = self._part(f"{which}_norm", tower)(x[..., :half])
+        hw_part = self._part(f"{which}_norm_hw", tower)(x[..., half:])
+        x = torch.cat((t_part, hw_part), dim=-1).transpose(1, 2)  # [B, heads, S, D]
+        return angles.rotate(x)
+
+    def qkv(self, x: torch.Tensor, tower: str, angles: AxisAngles):
+        """x: [B, S, hidden] -> q [B, H, S, D], k and v [B, H_kv, S, D] (k after norms + RoPE)."""
+        b, s, _ = x.shape
+        q = self._normed_heads(x, "q", self.num_heads, tower, angles)
+        k = self._normed_heads(x, "k", self.num_kv_heads, tower, angles)
+        v = self._part("v_proj", tower)(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        return q, k, v
+
+    def output(self, attn: torch.Tensor, tower: str) -> torch.Tensor:
+        b, _, s, _ = attn.shape
+        return self._part("o_proj", tower)(attn.transpose(1, 2).reshape(b, s, -1))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: U1Config):
+        super().__init__()
+        for sfx in SUFFIX.values():
+            setattr(self, f"input_layernorm{sfx}", RMSNorm(cfg.hidden_size, cfg.rms_norm_eps))
+            setattr(self, f"post_attention_layernorm{sfx}", RMSNorm(cfg.hidden_size, cfg.rms_norm_eps))
+            setattr(self, f"mlp{sfx}", MLP(cfg.hidden_size, cfg.intermediate_size))
+        self.self_attn = TwinAttention(cfg)
+
+    def _tower(self, name: str, tower: str) -> nn.Module:
+        return getattr(self, name + SUFFIX[tower])
+
+    def _mlp_block(self, h: torch.Tensor, tower: str) -> torch.Tensor:
+        return h + self._tower("mlp", tower)(self._tower("post_attention_layernorm", tower)(h))
+
+    def forward_und(self, h: torch.Tensor, angles: AxisAngles):
+        """Causal prefix step. Returns the new hidden state and this layer's (K, V) for the cache."""
+        q, k, v = self.self_attn.qkv(self.input_layernorm(h), "und", angles)
+        h = h + self.self_attn.output(attend(q, k, v, causal=True), "und")
+        return self._mlp_block(h, "und"), k, v
+
+    def forward_gen(self, h, angles: AxisAngles, prefix_k, prefix_v, key_mask=None) -> torch.Tensor:
+        """Image tokens attend to [prefix K/V ; their own K/V] with no causal mask."""
+        q, k, v = self.self_attn.qkv(self.input_layernorm_mot_gen(h), "gen", angles)
+        k = torch.cat((prefix_k.to(k.dtype), k), dim=2)
+        v = torch.cat((prefix_v.to(v.dtype), v), dim=2)
+        h = h + self.self_attn.output(attend(q, k, v, key_mask=key_mask), "gen")
+        return self._mlp_block(h, "gen")

@@ -1,0 +1,202 @@
+"""The SenseNova-U1 text-to-image model: prefix on the understanding tower, denoising on the generation tower.
+
+Text never attends to image tokens, so text-to-image splits exactly into two calls: a causal prefix
+pass that yields per-layer K/V, and generation passes whose image tokens attend to that cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .config import U1Config
+from .embedders import TimestepEmbedder, VisionModel, fm_head, patchify
+from .layers import DecoderLayer, RMSNorm
+from .rope import AxisAngles
+
+
+@dataclass
+class PrefixKV:
+    """Per-layer prefix keys/values [B, H_kv, L, D] (right-padded to L) and each row's true length."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    lengths: torch.Tensor  # [B] int64
+
+    @property
+    def batch_size(self) -> int:
+        return self.lengths.shape[0]
+
+    def key_mask(self, extra: int) -> torch.Tensor | None:
+        """Boolean [B, 1, 1, L + extra] (True = attend) when rows are padded, else None."""
+        width = self.keys[0].shape[2]
+        if bool((self.lengths == width).all()):
+            return None
+        positions = torch.arange(width + extra, device=self.lengths.device)
+        valid = (positions[None] < self.lengths[:, None]) | (positions[None] >= width)
+        return valid[:, None, None, :].to(self.keys[0].device)
+
+    def repeat(self, times: int) -> "PrefixKV":
+        """Each row repeated ``times`` times in place (row order a, a, b, b)."""
+        rep = lambda t: t.repeat_interleave(times, dim=0)  # noqa: E731
+        return PrefixKV([rep(k) for k in self.keys], [rep(v) for v in self.values], rep(self.lengths))
+
+    def to(self, device=None, dtype=None) -> "PrefixKV":
+        return PrefixKV(
+            [k.to(device=device, dtype=dtype) for k in self.keys],
+            [v.to(device=device, dtype=dtype) for v in self.values],
+            self.lengths.to(device),
+        )
+
+    @staticmethod
+    def stack(parts: list["PrefixKV"]) -> "PrefixKV":
+        """Concatenate along the batch, right-padding every layer to the longest prefix."""
+        width = max(p.keys[0].shape[2] for p in parts)
+        pad = lambda t: F.pad(t, (0, 0, 0, width - t.shape[2]))  # noqa: E731
+        layers = range(len(parts[0].keys))
+        return PrefixKV(
+            [torch.cat([pad(p.keys[i]) for p in parts]) for i in layers],
+            [torch.cat([pad(p.values[i]) for p in parts]) for i in layers],
+            torch.cat([p.lengths for p in parts]),
+        )
+
+    def select(self, index: int) -> "PrefixKV":
+        """One row, trimmed to its own length."""
+        n = int(self.lengths[index])
+        return PrefixKV(
+            [k[index : index + 1, :, :n] for k in self.keys],
+            [v[index : index + 1, :, :n] for v in self.values],
+            self.lengths[index : index + 1],
+        )
+
+
+def text_indexes(batch: int, length: int, device) -> torch.Tensor:
+    """Text positions [B, 3, L]: t = 0..L-1, h = w = 0."""
+    t = torch.arange(length, device=device)
+    zeros = torch.zeros_like(t)
+    return torch.stack((t, zeros, zeros))[None].expand(batch, -1, -1)
+
+
+def image_indexes(prefix_lengths: torch.Tensor, token_h: int, token_w: int) -> torch.Tensor:
+    """Image-token positions [B, 3, N]: t = that row's prefix length, (h, w) = raster position."""
+    k = torch.arange(token_h * token_w, device=prefix_lengths.device)
+    rows, cols = k // token_w, k % token_w
+    t = prefix_lengths[:, None].expand(-1, k.numel())
+    return torch.stack((t, rows[None].expand_as(t), cols[None].expand_as(t)), dim=1)
+
+
+class Backbone(nn.Module):
+    """``language_model.model``: token embeddings, decoder layers, one final norm per tower."""
+
+    def __init__(self, cfg: U1Config):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.norm_mot_gen = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class LanguageModel(nn.Module):
+    def __init__(self, cfg: U1Config):
+        super().__init__()
+        self.model = Backbone(cfg)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+
+class U1Model(nn.Module):
+    """Module tree and parameter names as upstream's NEOChatModel; forward split by tower.
+
+    ``checkpoint_layers`` lists generation layers whose activations are recomputed in backward.
+    """
+
+    def __init__(self, cfg: U1Config):
+        super().__init__()
+        self.config = cfg
+        self.language_model = LanguageModel(cfg)
+        self.vision_model = VisionModel(cfg)
+        fm = {
+            "vision_model_mot_gen": VisionModel(cfg),
+            "timestep_embedder": TimestepEmbedder(cfg),
+            "fm_head": fm_head(cfg),
+        }
+        if cfg.add_noise_scale_embedding:
+            fm["noise_scale_embedder"] = TimestepEmbedder(cfg)
+        self.fm_modules = nn.ModuleDict(fm)
+        self.checkpoint_layers: frozenset[int] = frozenset()
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.language_model.model.layers
+
+    def _angles(self, indexes: torch.Tensor) -> AxisAngles:
+        cfg = self.config
+        return AxisAngles(indexes, cfg.head_dim, cfg.rope_theta, cfg.rope_theta_hw)
+
+    # understanding path -------------------------------------------------------------------
+    def prefix(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None, *, final_norm: bool = False):
+        """Causal prefix over right-padded token ids [B, L] -> PrefixKV (and the normed hidden if asked).
+
+        Padding sits after each row's tokens, so causal attention keeps valid positions exact.
+        """
+        b, length = input_ids.shape
+        if lengths is None:
+            lengths = torch.full((b,), length, dtype=torch.long, device=input_ids.device)
+        angles = self._angles(text_indexes(b, length, input_ids.device))
+        h = self.language_model.model.embed_tokens(input_ids)
+        keys, values = [], []
+        for layer in self.layers:
+            h, k, v = layer.forward_und(h, angles)
+            keys.append(k)
+            values.append(v)
+        cache = PrefixKV(keys, values, lengths.to(torch.long))
+        if final_norm:
+            return cache, self.language_model.model.norm(h)
+        return cache
+
+    # generation path ----------------------------------------------------------------------
+    def gen_embed(self, images: torch.Tensor, t: torch.Tensor, noise_scale: float) -> torch.Tensor:
+        """Noisy images [B, 3, H, W], t [B] float32 -> generation input embeddings [B, N, hidden]."""
+        fm = self.fm_modules
+        cond = fm["timestep_embedder"](t)
+        if "noise_scale_embedder" in fm:
+            ns = torch.full_like(t, noise_scale / self.config.noise_scale_max_value, dtype=torch.float32)
+            cond = cond + fm["noise_scale_embedder"](ns)
+        return fm["vision_model_mot_gen"](images) + cond[:, None, :]
+
+    def predict_x0(self, embeds, prefix: PrefixKV, token_h: int, token_w: int, taps: dict | None = None):
+        """Generation tower + norm_mot_gen + fm_head: [B, N, hidden] -> x-prediction [B, N, 3*P*P].
+
+        ``taps``, when given, receives each layer's output and the final normed hidden (parity checks).
+        """
+        angles = self._angles(image_indexes(prefix.lengths, token_h, token_w))
+        key_mask = prefix.key_mask(extra=embeds.shape[1])
+        h = embeds
+        for i, layer in enumerate(self.layers):
+            args = (h, angles, prefix.keys[i], prefix.values[i], key_mask)
+            if i in self.checkpoint_layers and torch.is_grad_enabled():
+                h = checkpoint(layer.forward_gen, *args, use_reentrant=False)
+            else:
+                h = layer.forward_gen(*args)
+            if taps is not None:
+                taps[f"layer{i}.out"] = h
+        h = self.language_model.model.norm_mot_gen(h)
+        if taps is not None:
+            taps["final_hidden"] = h
+        return self.fm_modules["fm_head"](h)
+
+    def denoise(self, images, t, prefix: PrefixKV, noise_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One generation pass on images [B, 3, H, W] at times t [B]: returns (x_pred, z) in token layout."""
+        p = self.config.token_size
+        token_h, token_w = images.shape[2] // p, images.shape[3] // p
+        x_pred = self.predict_x0(self.gen_embed(images, t, noise_scale), prefix, token_h, token_w)
+        return x_pred, patchify(images, p).to(x_pred.dtype)
+
+
+def velocity(x_pred: torch.Tensor, z: torch.Tensor, t: torch.Tensor, t_eps: float) -> torch.Tensor:
+    """v = (x_pred - z) / max(1 - t, t_eps), t [B] broadcast over tokens and channels."""
+    return (x_pred - z) / (1 - t).clamp_min(t_eps).to(x_pred.dtype)[:, None, None]
