@@ -1,0 +1,108 @@
+"""LoRA as a module swap: ``y = W x + (alpha / r) * up(down(dropout(x)))``.
+
+The wrapped module keeps the base ``weight``/``bias`` under their original names, so the adapter's
+own tensors land at ``<module>.lora_down.weight``, ``<module>.lora_up.weight`` and ``<module>.alpha``,
+which is exactly upstream's file convention. Adapter tensors stay float32 (master copies) and are
+cast to the activation dtype inside forward.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .spec import LoraTarget
+
+
+class LoRALinear(nn.Module):
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
+        super().__init__()
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight = base.weight
+        self.bias = base.bias
+        device = base.weight.device
+        self.lora_down = nn.Linear(self.in_features, rank, bias=False, device=device, dtype=torch.float32)
+        self.lora_up = nn.Linear(rank, self.out_features, bias=False, device=device, dtype=torch.float32)
+        nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_up.weight)
+        self.register_buffer("alpha", torch.tensor(float(alpha), dtype=torch.float32, device=device))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.enabled = True
+        self.merged = False
+
+    @property
+    def rank(self) -> int:
+        return self.lora_down.weight.shape[0]
+
+    @property
+    def scale(self) -> float:
+        return float(self.alpha) / self.rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        if not self.enabled or self.merged:
+            return y
+        down = F.linear(self.dropout(x), self.lora_down.weight.to(x.dtype))
+        return y + self.scale * F.linear(down, self.lora_up.weight.to(x.dtype))
+
+    def delta(self) -> torch.Tensor:
+        """scale * up @ down in float32 (upstream's merge math)."""
+        return self.scale * (self.lora_up.weight.float() @ self.lora_down.weight.float())
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the adapter into the base weight (idempotent)."""
+        if not self.merged:
+            self.weight.copy_((self.weight.float() + self.delta()).to(self.weight.dtype))
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.weight.copy_((self.weight.float() - self.delta()).to(self.weight.dtype))
+            self.merged = False
+
+
+def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
+    parent_path, _, name = path.rpartition(".")
+    return model.get_submodule(parent_path), name
+
+
+def wrap(model: nn.Module, targets: dict[str, LoraTarget], dropout: float = 0.0) -> dict[str, LoRALinear]:
+    """Swap every target ``nn.Linear`` for a LoRALinear; returns path -> adapter module."""
+    adapters = {}
+    for path, target in targets.items():
+        parent, name = _parent(model, path)
+        base = getattr(parent, name)
+        if isinstance(base, LoRALinear):
+            raise ValueError(f"{path} already carries a LoRA adapter")
+        if not isinstance(base, nn.Linear):
+            raise ValueError(f"{path} is a {type(base).__name__}, not a Linear; LoRA needs a Linear")
+        adapter = LoRALinear(base, target.rank, target.alpha, dropout)
+        setattr(parent, name, adapter)
+        adapters[path] = adapter
+    return adapters
+
+
+def unwrap(model: nn.Module) -> None:
+    """Put plain Linears back (adapters must be unmerged or deliberately merged first)."""
+    for path, module in list(model.named_modules()):
+        if isinstance(module, LoRALinear):
+            parent, name = _parent(model, path)
+            base = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
+            base.weight = module.weight
+            base.bias = module.bias
+            setattr(parent, name, base)
+
+
+def adapters_of(model: nn.Module) -> dict[str, LoRALinear]:
+    return {path: m for path, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def set_enabled(model: nn.Module, enabled: bool) -> None:
+    """Switch every adapter on or off (off gives the base model's outputs exactly)."""
+    for module in adapters_of(model).values():
+        module.enabled = enabled

@@ -1,0 +1,168 @@
+"""Adapter files in upstream's LoRA format, and bake-in of upstream LoRAs with a skip list.
+
+Layout: ``<module>.lora_down.weight`` [r, in] and ``<module>.lora_up.weight`` [out, r] in float32,
+``<module>.alpha`` a float32 scalar. Fully fine-tuned weights are stored under their own names.
+Fully fine-tuned *biases* are stored as ``<module>.full_ft_bias``: upstream's merge treats any key
+equal to a model parameter's name without ``.weight`` as a LoRA triple and fails on a plain bias
+(U1_MODEL.md section 10, item 13), so a plain ``.bias`` key would make the file unloadable there.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ..io import atomic_path
+from .adapter import LoRALinear, adapters_of, wrap
+from .spec import LoraTarget
+
+UPSTREAM_PREFIX = "diffusion_model."
+FT_BIAS_SUFFIX = ".full_ft_bias"
+_LEGACY = {".lora_A.weight": ".lora_down.weight", ".lora_B.weight": ".lora_up.weight"}
+
+
+@dataclass
+class LoraFile:
+    """A LoRA file read into memory: module path -> (down, up, alpha), plus full fine-tuned tensors."""
+
+    triples: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = field(default_factory=dict)
+    full: dict[str, torch.Tensor] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def _canonical(key: str) -> str:
+    if key.startswith(UPSTREAM_PREFIX):
+        key = key[len(UPSTREAM_PREFIX) :]
+    for old, new in _LEGACY.items():
+        if key.endswith(old):
+            return key[: -len(old)] + new
+    return key
+
+
+def read_lora_file(path: str | Path) -> LoraFile:
+    """Parse an upstream-format (or this project's) LoRA file; incomplete triples are an error naming them."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"LoRA file {path} does not exist")
+    with safe_open(path, framework="pt") as handle:
+        tensors = {_canonical(k): handle.get_tensor(k) for k in handle.keys()}
+        metadata = handle.metadata() or {}
+    result = LoraFile(metadata=metadata)
+    modules = {k[: -len(".lora_down.weight")] for k in tensors if k.endswith(".lora_down.weight")}
+    problems = []
+    for module in sorted(modules):
+        up = tensors.pop(f"{module}.lora_up.weight", None)
+        down = tensors.pop(f"{module}.lora_down.weight")
+        alpha = tensors.pop(f"{module}.alpha", None)
+        if up is None:
+            problems.append(f"{module}: lora_down without lora_up")
+            continue
+        rank = down.shape[0]
+        result.triples[module] = (down, up, float(alpha) if alpha is not None else float(rank))
+    stray = [k for k in tensors if ".lora_up." in k or k.endswith(".alpha")]
+    problems += [f"{k}: no matching lora_down" for k in stray]
+    if problems:
+        raise ValueError(f"{path}: malformed LoRA file:\n  " + "\n  ".join(problems))
+    for key, tensor in tensors.items():
+        name = key[: -len(FT_BIAS_SUFFIX)] + ".bias" if key.endswith(FT_BIAS_SUFFIX) else key
+        result.full[name] = tensor
+    return result
+
+
+def save_adapter(model: nn.Module, path: str | Path, full_ft: list[str], metadata: dict[str, str]) -> int:
+    """Write every adapter of ``model`` and the named fully fine-tuned tensors; returns bytes written."""
+    params = dict(model.named_parameters())
+    tensors: dict[str, torch.Tensor] = {}
+    for module, adapter in adapters_of(model).items():
+        tensors[f"{module}.lora_down.weight"] = adapter.lora_down.weight.detach().float().contiguous().cpu()
+        tensors[f"{module}.lora_up.weight"] = adapter.lora_up.weight.detach().float().contiguous().cpu()
+        tensors[f"{module}.alpha"] = adapter.alpha.detach().float().cpu()
+    for name in full_ft:
+        key = name[: -len(".bias")] + FT_BIAS_SUFFIX if name.endswith(".bias") else name
+        tensors[key] = params[name].detach().float().contiguous().cpu()
+    meta = {"format": "pt", "u1lib.format": "upstream_lora", **metadata}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return Path(path).stat().st_size
+
+
+def load_adapter_weights(model: nn.Module, lora: LoraFile, *, strict: bool = True) -> None:
+    """Copy a file's tensors into an already wrapped model; every missing or unexpected name is reported."""
+    adapters = adapters_of(model)
+    params = dict(model.named_parameters())
+    problems = [f"file has LoRA for {m}, model has no adapter there" for m in lora.triples if m not in adapters]
+    problems += [f"model adapter {m} missing from file" for m in adapters if m not in lora.triples]
+    problems += [f"file has tensor {n}, model has no such parameter" for n in lora.full if n not in params]
+    if problems and strict:
+        raise ValueError("adapter does not match the model:\n  " + "\n  ".join(problems))
+    with torch.no_grad():
+        for module, (down, up, alpha) in lora.triples.items():
+            if module not in adapters:
+                continue
+            adapter = adapters[module]
+            if tuple(down.shape) != tuple(adapter.lora_down.weight.shape):
+                raise ValueError(f"{module}: file rank/shape {tuple(down.shape)} != adapter {tuple(adapter.lora_down.weight.shape)}")
+            adapter.lora_down.weight.copy_(down)
+            adapter.lora_up.weight.copy_(up)
+            adapter.alpha.fill_(alpha)
+        for name, tensor in lora.full.items():
+            if name in params:
+                params[name].copy_(tensor.to(params[name].dtype))
+
+
+def bake_lora(model: nn.Module, lora: LoraFile, skip: list[str] | tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """Merge a LoRA file into the base weights (W += alpha/r * up @ down, added in float32).
+
+    Modules whose path contains any ``skip`` substring are left alone. The same function serves
+    training and sampling, so a skip list is honoured identically in both. A target the model does
+    not have is an error (no silent partial loads); full fine-tuned tensors in the file replace the
+    model's, also subject to ``skip``.
+    """
+    params = dict(model.named_parameters())
+    report: dict[str, list[str]] = {"merged": [], "skipped": [], "replaced": []}
+    missing = [m for m in lora.triples if f"{m}.weight" not in params]
+    missing += [n for n in lora.full if n not in params]
+    if missing:
+        raise ValueError("LoRA targets not present in the model:\n  " + "\n  ".join(sorted(missing)))
+    with torch.no_grad():
+        for module, (down, up, alpha) in lora.triples.items():
+            if any(s in module for s in skip):
+                report["skipped"].append(module)
+                continue
+            weight = params[f"{module}.weight"]
+            delta = (alpha / down.shape[0]) * (up.float().to(weight.device) @ down.float().to(weight.device))
+            weight.copy_((weight.float() + delta).to(weight.dtype))
+            report["merged"].append(module)
+        for name, tensor in lora.full.items():
+            if any(s in name for s in skip):
+                report["skipped"].append(name)
+                continue
+            params[name].copy_(tensor.to(params[name].dtype))
+            report["replaced"].append(name)
+    return report
+
+
+def adapter_metadata(*, config: dict, spec: str, base_revision: str, step: int) -> dict[str, str]:
+    return {
+        "u1lib.config": json.dumps(config, sort_keys=True),
+        "u1lib.spec": spec,
+        "u1lib.base_revision": base_revision,
+        "u1lib.step": str(step),
+    }
+
+
+def wrap_from_file(model: nn.Module, lora: LoraFile) -> dict[str, LoRALinear]:
+    """Wrap the modules a file names (rank/alpha from the file) and load its weights: a runtime adapter."""
+    targets = {
+        m: LoraTarget(m, down.shape[1], up.shape[0], rank=down.shape[0], alpha=alpha)
+        for m, (down, up, alpha) in lora.triples.items()
+    }
+    adapters = wrap(model, targets)
+    load_adapter_weights(model, lora)
+    return adapters

@@ -1,0 +1,227 @@
+"""``python -m u1lib parity --golden DIR``: run the engine on a golden folder and compare every tensor.
+
+A golden folder (format: tests/data/golden_u1_tiny_a/README.md) holds upstream's outputs on a small
+random model. Everything needed (image size, sampler settings, t values, prompts) is read from the
+folder; every expected tensor is either checked or reported as one this code cannot check (a failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from .io import read_json
+from .lora.io import bake_lora, read_lora_file, wrap_from_file
+from .model.embedders import patchify, unpatchify
+from .model.loading import load_model
+from .model.sampling import SAMPLER_T_EPS, euler_sample, time_grid
+from .model.u1 import PrefixKV, U1Model, image_indexes, text_indexes, velocity
+
+TOLERANCE = 1e-4  # max|a - b| <= TOLERANCE * max|b|, per tensor
+
+
+@dataclass
+class Row:
+    name: str
+    max_abs: float
+    rel: float
+
+    @property
+    def ok(self) -> bool:
+        return self.rel <= TOLERANCE
+
+
+def _patches_channel_first(images: torch.Tensor, p: int) -> torch.Tensor:
+    """[B, 3, H, W] -> [B * (H/p)(W/p), 3*p*p], inner order (channel, row, col): the vision tower's input rows."""
+    b, c, h, w = images.shape
+    x = images.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b * (h // p) * (w // p), c * p * p)
+
+
+def _teps_from_suffix(digits: str) -> float:
+    """``v_teps005`` -> 0.05, ``v_teps002`` -> 0.02 (golden naming)."""
+    return float(f"{digits[0]}.{digits[1:]}")
+
+
+class GoldenRun:
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.inputs = load_file(folder / "inputs.safetensors")
+        self.meta = read_json(folder / "meta.json")
+        sampler = self.meta.get("sampler", {})
+        self.cfg_scale = float(sampler.get("cfg_scale", 4.0))
+        self.sampler = sampler
+
+    def prefix_names(self) -> list[str]:
+        return sorted(m.group(1) for k in self.inputs if (m := re.fullmatch(r"prefix\.(\w+)\.input_ids", k)))
+
+    def compute(self, model: U1Model, tag: str = "") -> dict[str, torch.Tensor]:
+        """Everything this folder's inputs allow, named as in expected.safetensors (with an optional tag)."""
+        cfg, inp, out = model.config, self.inputs, {}
+        prefixes: dict[str, PrefixKV] = {}
+        for name in self.prefix_names():
+            ids = inp[f"prefix.{name}.input_ids"]
+            cache, hidden = model.prefix(ids, final_norm=True)
+            prefixes[name] = cache
+            out[f"prefix.{name}.last_hidden"] = hidden
+            for i, (k, v) in enumerate(zip(cache.keys, cache.values)):
+                out[f"prefix.{name}.layer{i}.k"], out[f"prefix.{name}.layer{i}.v"] = k, v
+            out[f"inputs-check.prefix.{name}.indexes"] = text_indexes(1, ids.shape[1], ids.device)[0]
+        p = cfg.token_size
+        fm = model.fm_modules
+        if "embed.t" in inp:
+            out["embed.timestep"] = fm["timestep_embedder"](inp["embed.t"])
+        if "embed.noise_scale_input" in inp and "noise_scale_embedder" in fm:
+            out["embed.noise_scale"] = fm["noise_scale_embedder"](inp["embed.noise_scale_input"])
+        if "sample.init_noise" in inp:
+            noise = inp["sample.init_noise"]
+            out["vision.mot_gen_out"] = fm["vision_model_mot_gen"](noise)
+            out["vision.patches_channel_first"] = _patches_channel_first(noise, cfg.patch_size)
+        if "gen.x0_clean" in inp:
+            out["vision.und_out_on_x0_clean"] = model.vision_model(inp["gen.x0_clean"])
+        for j in sorted({m.group(1) for k in inp if (m := re.fullmatch(r"gen(\d+)\.t", k))}):
+            self._gen_step(model, prefixes, f"gen{j}", out)
+        if "sample.init_noise" in inp and {"cond", "uncond"} <= prefixes.keys():
+            self._sample(model, prefixes, out)
+        for name, cache in prefixes.items():
+            if "sample.init_noise" in inp:
+                h, w = inp["sample.init_noise"].shape[2:]
+                out[f"inputs-check.prefix.{name}.image_indexes"] = image_indexes(cache.lengths, h // p, w // p)[0]
+        return {f"{tag}{k}": v for k, v in out.items()}
+
+    def _gen_step(self, model: U1Model, prefixes: dict[str, PrefixKV], step: str, out: dict) -> None:
+        cfg, inp = model.config, self.inputs
+        images, t = inp[f"{step}.z_image"], inp[f"{step}.t"]
+        p = cfg.token_size
+        ns = cfg.noise_scale_for((images.shape[2] // p) * (images.shape[3] // p))
+        embeds = model.gen_embed(images, t, ns)
+        out[f"{step}.gen_input_embeds"] = embeds
+        z = patchify(images, p)
+        velocities = {}
+        for name, cache in prefixes.items():
+            taps: dict[str, torch.Tensor] = {}
+            x_pred = model.predict_x0(embeds, cache, images.shape[2] // p, images.shape[3] // p, taps)
+            out[f"{step}.{name}.x_pred"] = x_pred
+            velocities[name] = out[f"{step}.{name}.v"] = velocity(x_pred, z, t, SAMPLER_T_EPS)
+            for digits in ("005", "002", "001", "010"):
+                out[f"{step}.{name}.v_teps{digits}"] = velocity(x_pred, z, t, _teps_from_suffix(digits))
+            for tap, value in taps.items():
+                out[f"{step}.{name}.{tap}"] = value
+        if {"cond", "uncond"} <= velocities.keys():
+            out[f"{step}.v_cfg"] = velocities["uncond"] + self.cfg_scale * (velocities["cond"] - velocities["uncond"])
+        fm = model.fm_modules
+        direct = fm["timestep_embedder"](t)
+        if "noise_scale_embedder" in fm:
+            direct = direct + fm["noise_scale_embedder"](torch.full_like(t, ns / cfg.noise_scale_max_value))
+        out[f"{step}.time_plus_noise_embed"] = direct
+
+    def _sample(self, model: U1Model, prefixes: dict[str, PrefixKV], out: dict) -> None:
+        cfg, noise = model.config, self.inputs["sample.init_noise"]
+        b, _, h, w = noise.shape
+        p = cfg.token_size
+        ns = cfg.noise_scale_for((h // p) * (w // p))
+        steps, shift = int(self.sampler.get("num_steps", 50)), float(self.sampler.get("timestep_shift", 3.0))
+        seed = self.sampler.get("seed")
+        if seed is not None:
+            regen = ns * torch.randn((b, 3, h, w), generator=torch.Generator("cpu").manual_seed(int(seed)))
+            out["inputs-check.sample.init_noise"] = regen
+        grid = time_grid(steps, shift)
+        out["sample.timesteps"] = grid
+
+        def observe(i, z, v_cond, v_uncond):
+            out[f"sample.step{i}.z"] = z
+            out[f"sample.step{i}.v_cond"] = v_cond
+            if v_uncond is not None:
+                out[f"sample.step{i}.v_uncond"] = v_uncond
+            images = unpatchify(z, p, h, w)
+            out[f"sample.step{i}.gen_input_embeds"] = model.gen_embed(images, grid[i].expand(b), ns)
+
+        out["sample.final_image"] = euler_sample(
+            model,
+            prefixes["cond"].repeat(b),
+            prefixes["uncond"].repeat(b),
+            noise,
+            steps=steps,
+            shift=shift,
+            cfg_scale=self.cfg_scale,
+            cfg_norm=self.sampler.get("cfg_norm", "none"),
+            observer=observe,
+        )
+
+
+def compare(expected: dict[str, torch.Tensor], computed: dict[str, torch.Tensor]) -> tuple[list[Row], list[str]]:
+    rows, unknown = [], []
+    for name in sorted(expected):
+        if name not in computed:
+            unknown.append(name)
+            continue
+        want = expected[name].double()
+        got = computed[name].detach().double()
+        if got.numel() != want.numel():
+            rows.append(Row(f"{name} (shape {tuple(got.shape)} vs {tuple(want.shape)})", float("inf"), float("inf")))
+            continue
+        err = (got.reshape(want.shape) - want).abs().max().item()
+        scale = want.abs().max().item()
+        rows.append(Row(name, err, err / scale if scale > 0 else (0.0 if err == 0 else float("inf"))))
+    return rows, unknown
+
+
+def run_parity(folder: str | Path) -> tuple[list[Row], list[str]]:
+    """Rows for every expected tensor plus the input sanity checks; names that could not be checked."""
+    folder = Path(folder)
+    run = GoldenRun(folder)
+    with torch.no_grad():
+        model = load_model(folder, ["und", "gen", "fm", "embed", "vision_und"], device="cpu", dtype=torch.float32)
+        expected = load_file(folder / "expected.safetensors")
+        computed = run.compute(model)
+        checks = {k[len("inputs-check.") :]: v for k, v in computed.items() if k.startswith("inputs-check.")}
+        rows, unknown = compare(expected, computed)
+        given = {k: run.inputs[k] for k in checks if k in run.inputs}
+        rows += [Row(f"(input) {r.name}", r.max_abs, r.rel) for r in compare(given, checks)[0]]
+        lora_path = folder / "lora.safetensors"
+        if lora_path.exists():
+            lora = read_lora_file(lora_path)
+            merged_expected_path = folder / "lora_merged_expected.safetensors"
+            if merged_expected_path.exists():
+                baked = copy.deepcopy(model)
+                bake_lora(baked, lora)
+                params = dict(baked.named_parameters())
+                merged_rows, merged_unknown = compare(load_file(merged_expected_path), params)
+                rows += [Row(f"(merge) {r.name}", r.max_abs, r.rel) for r in merged_rows]
+                unknown += merged_unknown
+            adapted = copy.deepcopy(model)
+            wrap_from_file(adapted, lora)  # runtime adapter: unmerged base + LoRA branch
+            lora_expected = {k: v for k, v in expected.items() if k.startswith("lora_merged.")}
+            if lora_expected:
+                lora_rows, lora_unknown = compare(lora_expected, run.compute(adapted, tag="lora_merged."))
+                rows = [r for r in rows if not r.name.startswith("lora_merged.")] + lora_rows
+                unknown = [u for u in unknown if not u.startswith("lora_merged.")] + lora_unknown
+    return rows, unknown
+
+
+def cli(verb: str, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m u1lib {verb}", description=__doc__)
+    parser.add_argument("--golden", required=True, type=Path, help="golden folder (config.json, inputs/expected.safetensors, meta.json)")
+    args = parser.parse_args(argv)
+    rows, unknown = run_parity(args.golden)
+    width = max(len(r.name) for r in rows) if rows else 10
+    print(f"{'tensor':<{width}}  {'max|a-b|':>10}  {'rel':>10}  ok")
+    for r in rows:
+        print(f"{r.name:<{width}}  {r.max_abs:10.3e}  {r.rel:10.3e}  {'yes' if r.ok else 'NO'}")
+    for name in unknown:
+        print(f"{name:<{width}}  {'-':>10}  {'-':>10}  NO (no rule to compute this tensor)")
+    failed = [r.name for r in rows if not r.ok] + unknown
+    worst = max((r.rel for r in rows), default=0.0)
+    print(f"\n{len(rows)} tensors compared, worst relative error {worst:.2e} (pass <= {TOLERANCE:g}); {len(failed)} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli("parity", sys.argv[1:]))
