@@ -83,3 +83,26 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def safetensors_bytes(tensors: dict, metadata: dict[str, str] | None = None) -> bytes:
+    """safetensors bytes that depend only on the content.
+
+    The library writes metadata from a hash map, so its order (and the file's bytes) changes from
+    call to call; the header is rewritten with the metadata sorted, keeping its length.
+    """
+    from safetensors.torch import save
+
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (size - len(text))  # same keys and values, only reordered: same length
+    return data[:8] + text + data[8 + size :]
+
+
+def save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Atomic, deterministic safetensors write."""
+    write_bytes(path, safetensors_bytes(tensors, metadata))

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from ..io import atomic_path
+from ..io import save_safetensors
 from .adapter import LoRALinear, adapters_of, wrap
 from .spec import LoraTarget
 
@@ -87,8 +86,7 @@ def save_adapter(model: nn.Module, path: str | Path, full_ft: list[str], metadat
         key = name[: -len(".bias")] + FT_BIAS_SUFFIX if name.endswith(".bias") else name
         tensors[key] = params[name].detach().float().contiguous().cpu()
     meta = {"format": "pt", "u1lib.format": "upstream_lora", **metadata}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    save_safetensors(path, tensors, meta)
     return Path(path).stat().st_size
 
 

@@ -1,0 +1,274 @@
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from u1lib.data.buckets import BucketSpec
+from u1lib.data.pack import ROW_GROUP_SIZE, PackError, cli, inspect_data, pack_folder, pack_parquet, split_validation
+from u1lib.data.schema import PACKED_SCHEMA
+from u1lib.data.sources import SourceError
+
+REPO = Path(__file__).resolve().parents[2]
+SPEC = BucketSpec("area", 64 * 64, 8)  # buckets 64x64, 72x56, 56x72, ... up to 128x32
+
+
+def image_bytes(size=(80, 60), colour=(200, 30, 30), fmt="JPEG") -> bytes:
+    image = Image.new("RGB", size, colour)
+    image.paste((20, 20, 220), (0, 0, size[0] // 2, size[1] // 3))
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def make_folder(root: Path, count: int = 6) -> Path:
+    """``count`` good items of several shapes and formats."""
+    root.mkdir(parents=True, exist_ok=True)
+    shapes = [(80, 60), (60, 80), (100, 100), (200, 50), (90, 50)]
+    formats = [("jpg", "JPEG"), ("png", "PNG"), ("webp", "WEBP"), ("jpeg", "JPEG")]
+    for i in range(count):
+        suffix, fmt = formats[i % len(formats)]
+        (root / f"item{i:02d}.{suffix}").write_bytes(image_bytes(shapes[i % len(shapes)], (10 * i, 100, 50), fmt))
+        (root / f"item{i:02d}.txt").write_text(f"caption number {i}\n", encoding="utf-8")
+    return root
+
+
+def read_rows(path: Path) -> list[dict]:
+    return pq.read_table(path).to_pylist()
+
+
+def test_pack_folder_writes_the_documented_schema(tmp_path):
+    src = make_folder(tmp_path / "src")
+    (src / "item00.txt").write_text("a cat\n---think---\nwhy a cat\n", encoding="utf-8")
+    stats = pack_folder(src, tmp_path / "out", buckets=SPEC, val_count=2)
+    for name in ("train.parquet", "val.parquet"):
+        assert pq.read_schema(tmp_path / "out" / name).equals(PACKED_SCHEMA)
+    rows = read_rows(tmp_path / "out" / "train.parquet") + read_rows(tmp_path / "out" / "val.parquet")
+    assert sorted(r["sample_id"] for r in rows) == [f"item{i:02d}" for i in range(6)]
+    for row in rows:
+        image = Image.open(io.BytesIO(row["image"]))
+        assert image.format == "PNG" and image.mode == "RGB"
+        assert image.size == (row["width"], row["height"]) and row["bucket"] == f"{row['width']}x{row['height']}"
+        source = next(src.glob(row["sample_id"] + ".*[!t]"))
+        assert row["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    by_id = {r["sample_id"]: r for r in rows}
+    assert (by_id["item00"]["caption"], by_id["item00"]["think"]) == ("a cat", "why a cat")
+    assert (by_id["item01"]["caption"], by_id["item01"]["think"]) == ("caption number 1", None)
+    assert by_id["item02"]["bucket"] == "64x64" and by_id["item03"]["bucket"] == "128x32"
+    assert stats["counts"] == {"usable": 6, "train": 4, "val": 2, "skipped": 0}
+    assert json.loads((tmp_path / "out" / "stats.json").read_text()) == stats
+    train_ids = [r["sample_id"] for r in read_rows(tmp_path / "out" / "train.parquet")]
+    assert train_ids == sorted(train_ids)
+
+
+def test_repacking_gives_byte_identical_parquet(tmp_path):
+    src = make_folder(tmp_path / "src")
+    pack_folder(src, tmp_path / "a", buckets=SPEC, val_count=1)
+    copy = make_folder(tmp_path / "copy")  # same content, other folder, files written again
+    pack_folder(copy, tmp_path / "b", buckets=SPEC, val_count=1)
+    for name in ("train.parquet", "val.parquet"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_rows_go_in_small_row_groups(tmp_path):
+    pack_folder(make_folder(tmp_path / "src", count=ROW_GROUP_SIZE + 4), tmp_path / "out", buckets=SPEC)
+    metadata = pq.ParquetFile(tmp_path / "out" / "train.parquet").metadata
+    assert [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)] == [ROW_GROUP_SIZE, 4]
+
+
+def test_validation_split_is_seeded_and_independent_of_order():
+    ids = [f"id{i}" for i in range(50)]
+    chosen = split_validation(ids, 5, split_seed=3)
+    assert len(chosen) == 5
+    assert split_validation(list(reversed(ids)), 5, split_seed=3) == chosen
+    assert split_validation(ids, 5, split_seed=4) != chosen
+    # an item added or removed elsewhere moves nothing else: val is a prefix of one fixed order
+    assert split_validation(ids, 6, split_seed=3) > chosen
+
+
+def parquet_source(path: Path, records: list[dict], schema: pa.Schema | None = None) -> Path:
+    pq.write_table(pa.Table.from_pylist(records, schema=schema), path)
+    return path
+
+
+def source_records(count: int = 6) -> list[dict]:
+    return [
+        {"sample_id": f"p{i}", "caption": f"photo {i}", "think": "because" if i == 0 else None,
+         "image": image_bytes((80 + 10 * i, 60), (30 * i, 10, 10), "PNG")}
+        for i in range(count)
+    ]  # fmt: skip
+
+
+def test_parquet_source_output_does_not_depend_on_row_order(tmp_path):
+    records = source_records()
+    pack_parquet(parquet_source(tmp_path / "a.parquet", records), tmp_path / "a", buckets=SPEC, val_count=2)
+    pack_parquet(parquet_source(tmp_path / "b.parquet", records[::-1]), tmp_path / "b", buckets=SPEC, val_count=2)
+    for name in ("train.parquet", "val.parquet"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    rows = read_rows(tmp_path / "a" / "train.parquet") + read_rows(tmp_path / "a" / "val.parquet")
+    assert {r["sample_id"]: r["think"] for r in rows}["p0"] == "because"
+
+
+def test_parquet_source_duplicates_are_all_skipped(tmp_path):
+    records = source_records(4)
+    records[3]["sample_id"] = "p1"
+    stats = pack_parquet(parquet_source(tmp_path / "s.parquet", records), tmp_path / "out", buckets=SPEC)
+    assert [r["sample_id"] for r in read_rows(tmp_path / "out" / "train.parquet")] == ["p0", "p2"]
+    assert [(s["file"], s["reason"]) for s in stats["skipped"]] == [
+        ("s.parquet row 1", "duplicate id"),
+        ("s.parquet row 3", "duplicate id"),
+    ]
+
+
+def test_parquet_source_with_wrong_schema_names_the_columns(tmp_path):
+    path = parquet_source(tmp_path / "bad.parquet", [{"sample_id": "x", "caption": 5, "picture": b"..."}])
+    with pytest.raises(SourceError) as caught:
+        pack_parquet(path, tmp_path / "out", buckets=SPEC)
+    message = str(caught.value)
+    assert "missing column 'image'" in message and "column 'caption' has type int64, expected string" in message
+    assert not (tmp_path / "out" / "train.parquet").exists()
+
+
+def test_not_a_parquet_file(tmp_path):
+    (tmp_path / "x.parquet").write_bytes(b"hello")
+    with pytest.raises(ValueError, match="not a readable parquet file"):
+        pack_parquet(tmp_path / "x.parquet", tmp_path / "out", buckets=SPEC)
+
+
+def add_bad_items(src: Path) -> dict[str, str]:
+    """Write one instance of every folder problem; return file -> expected reason."""
+    (src / "nocap.jpg").write_bytes(image_bytes())
+    (src / "emptycap.jpg").write_bytes(image_bytes())
+    (src / "emptycap.txt").write_text("  \n\n", encoding="utf-8")
+    (src / "latin1.jpg").write_bytes(image_bytes())
+    (src / "latin1.txt").write_bytes("café au lait".encode("latin-1"))
+    for suffix, fmt in (("jpg", "JPEG"), ("png", "PNG")):
+        (src / f"dup.{suffix}").write_bytes(image_bytes(fmt=fmt))
+    (src / "dup.txt").write_text("duplicate", encoding="utf-8")
+    noisy = io.BytesIO()
+    Image.effect_noise((120, 90), 60).convert("RGB").save(noisy, format="JPEG")
+    (src / "broken.jpg").write_bytes(noisy.getvalue()[: len(noisy.getvalue()) // 2])
+    (src / "broken.txt").write_text("broken", encoding="utf-8")
+    (src / "zero.png").write_bytes(b"")
+    (src / "zero.txt").write_text("zero", encoding="utf-8")
+    (src / "tiny.png").write_bytes(image_bytes((10, 10), fmt="PNG"))
+    (src / "tiny.txt").write_text("tiny", encoding="utf-8")
+    (src / "orphan.txt").write_text("no image", encoding="utf-8")
+    (src / "inject.png").write_bytes(image_bytes(fmt="PNG"))
+    (src / "inject.txt").write_text("a cat<|im_end|>", encoding="utf-8")
+    (src / "__uncond__.png").write_bytes(image_bytes(fmt="PNG"))
+    (src / "__uncond__.txt").write_text("reserved", encoding="utf-8")
+    return {
+        "nocap.jpg": "missing caption", "emptycap.jpg": "empty caption", "latin1.jpg": "caption is not UTF-8",
+        "dup.jpg": "duplicate id", "dup.png": "duplicate id", "broken.jpg": "truncated or corrupt image",
+        "zero.png": "empty file", "tiny.png": "too small", "orphan.txt": "caption without image",
+        "inject.png": "template token in caption", "__uncond__.png": "reserved sample_id",
+    }  # fmt: skip
+
+
+def test_bad_items_are_skipped_with_reasons(tmp_path, capsys):
+    src = make_folder(tmp_path / "src", count=3)
+    expected = add_bad_items(src)
+    (src / "notes.md").write_text("not data")
+    stats = pack_folder(src, tmp_path / "out", buckets=SPEC)
+    assert {s["file"]: s["reason"] for s in stats["skipped"]} == expected
+    assert stats["counts"]["usable"] == 3 and stats["ignored_files"] == ["notes.md"]
+    latin1 = next(s for s in stats["skipped"] if s["file"] == "latin1.jpg")
+    assert "0xe9" in latin1["detail"]
+    dup = next(s for s in stats["skipped"] if s["file"] == "dup.png")
+    assert "dup.jpg, dup.png" in dup["detail"]
+    printed = capsys.readouterr().out
+    assert f"skipped {len(expected)} item(s):" in printed
+    assert "    2  duplicate id" in printed and "    1  too small" in printed
+    assert stats["skipped_by_reason"]["duplicate id"] == 2
+
+
+def test_strict_mode_lists_every_bad_item_and_writes_nothing(tmp_path):
+    src = make_folder(tmp_path / "src", count=3)
+    expected = add_bad_items(src)
+    with pytest.raises(PackError) as caught:
+        pack_folder(src, tmp_path / "out", buckets=SPEC, strict=True)
+    for file, reason in expected.items():
+        assert f"{file}: {reason}" in str(caught.value)
+    assert sorted(os.listdir(tmp_path / "out")) == []
+
+
+def test_no_usable_item_is_an_error(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.jpg").write_bytes(b"not an image")
+    (src / "a.txt").write_text("a")
+    with pytest.raises(PackError, match="no usable items"):
+        pack_folder(src, tmp_path / "out", buckets=SPEC)
+
+
+def test_val_count_must_leave_training_items(tmp_path):
+    src = make_folder(tmp_path / "src", count=3)
+    with pytest.raises(PackError, match="val_count 3 leaves no training items: only 3 usable"):
+        pack_folder(src, tmp_path / "out", buckets=SPEC, val_count=3)
+
+
+def test_empty_validation_file_is_valid(tmp_path):
+    pack_folder(make_folder(tmp_path / "src", count=2), tmp_path / "out", buckets=SPEC, val_count=0)
+    table = pq.read_table(tmp_path / "out" / "val.parquet")
+    assert table.num_rows == 0 and table.schema.equals(PACKED_SCHEMA)
+
+
+def test_large_images_are_downscaled_and_small_ones_upscaled_and_flagged(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.jpg").write_bytes(image_bytes((2400, 1800)))
+    (src / "small.png").write_bytes(image_bytes((40, 40), fmt="PNG"))
+    for stem in ("big", "small"):
+        (src / f"{stem}.txt").write_text(stem)
+    stats = pack_folder(src, tmp_path / "out", buckets=SPEC)
+    rows = read_rows(tmp_path / "out" / "train.parquet")
+    sizes = {r["sample_id"]: Image.open(io.BytesIO(r["image"])).size for r in rows}
+    assert sizes == {"big": (72, 56), "small": (64, 64)}
+    assert stats["resize"]["upscaled"] == ["small"] and stats["resize"]["downscaled_count"] == 1
+
+
+def test_cli_pack_and_inspect(tmp_path, capsys):
+    src = make_folder(tmp_path / "src", count=4)
+    code = cli("pack", [str(src), "--out-dir", str(tmp_path / "out"), "--buckets", "area:4096", "--token-size", "8",
+                        "--val-count", "1", "--split-seed", "7"])  # fmt: skip
+    assert code == 0
+    assert json.loads((tmp_path / "out" / "stats.json").read_text())["split"]["split_seed"] == 7
+    capsys.readouterr()
+    assert cli("inspect-data", [str(tmp_path / "out" / "train.parquet")]) == 0
+    printed = capsys.readouterr().out
+    assert "3 rows" in printed and "bucket" in printed and "caption chars" in printed and "schema: ok" in printed
+
+
+def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
+    assert cli("pack", [str(tmp_path / "absent"), "--out-dir", str(tmp_path / "out")]) == 1
+    assert "not a folder" in capsys.readouterr().err
+    assert cli("pack", [str(tmp_path), "--out-dir", str(tmp_path / "o"), "--buckets", "round"]) == 1
+    assert "kind 'round'" in capsys.readouterr().err
+
+
+def test_inspect_flags_a_wrong_schema(tmp_path, capsys):
+    path = parquet_source(tmp_path / "odd.parquet", [{"sample_id": "b", "caption": "x", "width": 3}])
+    summary = inspect_data(path)
+    assert "missing column 'image' (binary)" in summary["problems"]
+    assert "column 'width' has type int64, expected int32" in summary["problems"]
+    assert cli("inspect-data", [str(path)]) == 1
+    assert "PROBLEM" in capsys.readouterr().out
+
+
+def test_pack_verb_does_not_import_torch(tmp_path):
+    src = make_folder(tmp_path / "src", count=2)
+    script = (
+        "import sys; from u1lib.cli import main; "
+        f"code = main(['pack', {str(src)!r}, '--out-dir', {str(tmp_path / 'out')!r}, '--buckets', 'area:4096', "
+        "'--token-size', '8']); sys.exit(code or ('torch' in sys.modules) * 3)"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,163 @@
+import io
+from types import SimpleNamespace
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from u1lib.data.buckets import BucketSpec
+from u1lib.data.pack import pack_folder
+from u1lib.data.reader import INDEX_COLUMNS, BucketBatchSampler, PackedDataset, load_image_tensor
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    """A train.parquet of 40 rows in 3 buckets (64x64, 72x56, 56x72), so 3 row groups."""
+    root = tmp_path_factory.mktemp("reader")
+    src = root / "src"
+    src.mkdir()
+    shapes = [(64, 64), (90, 70), (70, 90)]
+    for i in range(40):
+        Image.new("RGB", shapes[i % 3], (i * 6, 0, 255 - i * 6)).save(src / f"s{i:02d}.png")
+        (src / f"s{i:02d}.txt").write_text(f"sample {i}")
+    pack_folder(src, root / "out", buckets=BucketSpec("area", 64 * 64, 8))
+    return root / "out" / "train.parquet"
+
+
+def test_dataset_index_and_rows_match_the_file(packed):
+    dataset = PackedDataset(packed)
+    table = pq.read_table(packed).to_pylist()
+    assert len(dataset) == 40 and dataset.sample_ids == [r["sample_id"] for r in table]
+    assert dataset.buckets == [r["bucket"] for r in table]
+    assert (dataset.widths[1], dataset.heights[1]) == (72, 56)
+    for index in (0, 15, 16, 39, 17, 3):
+        assert dataset[index] == table[index]
+    assert dataset.rows([39, 0, 20]) == [table[39], table[0], table[20]]
+    assert dataset.texts()[5] == ("sample 5", None)
+
+
+def test_dataset_never_reads_the_whole_image_column(packed, monkeypatch):
+    reads, group_reads = [], []
+    original_read, original_group = pq.ParquetFile.read, pq.ParquetFile.read_row_group
+    monkeypatch.setattr(pq.ParquetFile, "read", lambda self, columns=None, **kw: reads.append(columns)
+                        or original_read(self, columns=columns, **kw))  # fmt: skip
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", lambda self, i, **kw: group_reads.append(i)
+                        or original_group(self, i, **kw))  # fmt: skip
+    dataset = PackedDataset(packed)
+    assert reads == [INDEX_COLUMNS]
+    dataset.rows([17, 18, 30])
+    assert group_reads == [1]
+    dataset.rows([2, 35])
+    assert group_reads == [1, 0, 2]
+
+
+def test_dataset_out_of_range_and_wrong_schema(packed, tmp_path):
+    with pytest.raises(IndexError, match="row 40 out of range"):
+        PackedDataset(packed)[40]
+    pq.write_table(pa.table({"sample_id": ["a"], "image": [b"x"]}), tmp_path / "other.parquet")
+    with pytest.raises(ValueError, match="not a packed dataset.*missing column 'bucket'"):
+        PackedDataset(tmp_path / "other.parquet")
+
+
+def test_load_image_tensor_maps_0_255_to_minus_1_1():
+    image = Image.new("RGB", (3, 2), (0, 0, 0))
+    image.putpixel((1, 0), (255, 0, 0))
+    image.putpixel((2, 1), (0, 51, 255))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    tensor = load_image_tensor(buffer.getvalue())
+    assert tensor.shape == (3, 2, 3) and tensor.dtype == torch.float32
+    assert tensor[:, 0, 0].tolist() == [-1, -1, -1]
+    assert tensor[:, 0, 1].tolist() == [1, -1, -1]
+    assert tensor[1, 1, 2].item() == pytest.approx(51 / 127.5 - 1)
+
+
+def test_load_batch_stacks_one_bucket(packed):
+    dataset = PackedDataset(packed)
+    ids, images = dataset.load_batch([0, 3, 6])
+    assert ids == ["s00", "s03", "s06"] and images.shape == (3, 3, 64, 64)
+    assert images.min() >= -1 and images.max() <= 1
+    with pytest.raises(ValueError, match="one bucket"):
+        dataset.load_batch([0, 1])
+
+
+def fake_dataset():
+    """23 items: 10 in bucket A, 7 in B, 6 in C."""
+    return SimpleNamespace(buckets=["A"] * 10 + ["B"] * 7 + ["C"] * 6)
+
+
+def test_every_batch_holds_one_bucket_and_an_epoch_covers_each_item_once():
+    data = fake_dataset()
+    sampler = BucketBatchSampler(data, batch_size=4, seed=0)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 3 + 2 + 2
+    assert sorted(i for batch in batches for i in batch) == list(range(23))
+    for batch in batches:
+        assert len({data.buckets[i] for i in batch}) == 1
+
+
+def test_drop_last_keeps_only_full_batches():
+    batches = list(BucketBatchSampler(fake_dataset(), batch_size=4, seed=0, drop_last=True))
+    assert len(batches) == 2 + 1 + 1 and all(len(b) == 4 for b in batches)
+
+
+def test_order_depends_on_seed_and_epoch_only():
+    first = BucketBatchSampler(fake_dataset(), batch_size=3, seed=5)
+    again = BucketBatchSampler(fake_dataset(), batch_size=3, seed=5)
+    epoch0, epoch1 = list(first), list(first)
+    assert epoch0 == list(again) and epoch1 == list(again)
+    assert epoch0 != epoch1
+    assert epoch0 != list(BucketBatchSampler(fake_dataset(), batch_size=3, seed=6))
+
+
+def test_resume_from_state_continues_exactly():
+    reference = BucketBatchSampler(fake_dataset(), batch_size=3, seed=1)
+    uninterrupted = [batch for _ in range(3) for batch in reference]  # three epochs
+    run = BucketBatchSampler(fake_dataset(), batch_size=3, seed=1)
+    consumed = []
+    for batch in run:
+        consumed.append(batch)
+        if len(consumed) == 5:
+            break
+    consumed += list(run)  # the rest of epoch 0
+    iterator = iter(run)  # stop inside epoch 1
+    consumed += [next(iterator) for _ in range(4)]
+    state = run.state_dict()
+    assert (state["epoch"], state["position"]) == (1, 4)
+    resumed = BucketBatchSampler(fake_dataset(), batch_size=3, seed=1)
+    resumed.load_state_dict(state)
+    continued = list(resumed) + list(resumed)
+    assert consumed + continued == uninterrupted
+
+
+def test_state_from_other_settings_is_refused():
+    state = BucketBatchSampler(fake_dataset(), batch_size=3, seed=1).state_dict()
+    with pytest.raises(ValueError, match="seed 1 \\(now 2\\)"):
+        BucketBatchSampler(fake_dataset(), batch_size=3, seed=2).load_state_dict(state)
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_shards_are_disjoint_and_cover_the_epoch(world_size):
+    base = BucketBatchSampler(fake_dataset(), batch_size=2, seed=3)
+    full = base.epoch_batches(4)
+    shards = [base.shard(rank, world_size).epoch_batches(4) for rank in range(world_size)]
+    flat = [tuple(b) for shard in shards for b in shard]
+    assert len(flat) == len(set(flat)) == len(full)
+    assert sorted(flat) == sorted(tuple(b) for b in full)
+
+
+def test_drop_last_shards_take_equal_steps():
+    base = BucketBatchSampler(fake_dataset(), batch_size=2, seed=3, drop_last=True)
+    lengths = {len(base.shard(rank, 4)) for rank in range(4)}
+    assert lengths == {len(base) // 4}
+
+
+def test_impossible_settings_are_refused():
+    with pytest.raises(ValueError, match="lower batch_size"):
+        BucketBatchSampler(fake_dataset(), batch_size=11, seed=0, drop_last=True)
+    with pytest.raises(ValueError, match="rank"):
+        BucketBatchSampler(fake_dataset(), batch_size=2, seed=0).shard(2, 2)
+    with pytest.raises(ValueError, match="batch_size"):
+        BucketBatchSampler(fake_dataset(), batch_size=0, seed=0)

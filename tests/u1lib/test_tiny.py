@@ -1,0 +1,130 @@
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+from safetensors.torch import load_file
+from transformers import PreTrainedTokenizerFast
+
+from u1lib.model.config import U1Config
+from u1lib.model.keys import parameter_shapes
+from u1lib.tiny import SPECIAL_TOKENS, build_tiny_snapshot, cli, random_weights, tiny_config_dict
+
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden_u1_tiny_a"
+SNAPSHOT_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory) -> Path:
+    return build_tiny_snapshot(tmp_path_factory.mktemp("tiny"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(snapshot) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast.from_pretrained(snapshot, local_files_only=True)
+
+
+def test_same_seed_gives_byte_identical_files(snapshot, tmp_path):
+    again = build_tiny_snapshot(tmp_path / "again", seed=0)
+    assert set(file_hashes(snapshot)) == SNAPSHOT_FILES
+    assert file_hashes(again) == file_hashes(snapshot)
+
+
+def test_other_seed_changes_only_the_weights(snapshot, tmp_path):
+    other = file_hashes(build_tiny_snapshot(tmp_path / "seed1", seed=1))
+    base = file_hashes(snapshot)
+    assert other["model.safetensors"] != base["model.safetensors"]
+    assert {k: v for k, v in other.items() if k != "model.safetensors"} == {
+        k: v for k, v in base.items() if k != "model.safetensors"
+    }
+
+
+def test_weights_cover_every_key_with_its_shape(snapshot):
+    cfg = U1Config.from_file(snapshot)
+    with safe_open(snapshot / "model.safetensors", "pt") as handle:
+        assert handle.metadata() == {"format": "pt", "u1lib.tiny_seed": "0"}
+        stored = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+        dtypes = {handle.get_slice(key).get_dtype() for key in handle.keys()}
+    assert stored == parameter_shapes(cfg)
+    assert dtypes == {"F32"}
+
+
+def test_config_parses_with_the_tiny_numbers(snapshot):
+    cfg = U1Config.from_file(snapshot)
+    learned = json.loads((snapshot / "tokenizer.json").read_text())["model"]["vocab"]
+    tokenizer_size = len(learned) + len(SPECIAL_TOKENS)
+    assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers) == (64, 192, 2)
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim) == (4, 2, 16)
+    assert (cfg.vision_hidden_size, cfg.patch_size, cfg.token_size, cfg.fm_head_hidden_size) == (32, 4, 8, 4096)
+    assert cfg.vocab_size % 64 == 0 and tokenizer_size <= cfg.vocab_size < tokenizer_size + 64
+
+
+def test_config_has_upstreams_field_set():
+    golden = json.loads((GOLDEN / "config.json").read_text())
+    ours = tiny_config_dict(vocab_size=1024)
+    assert set(ours) == set(golden)
+    assert set(ours["llm_config"]) == set(golden["llm_config"])
+    assert set(ours["vision_config"]) == set(golden["vision_config"])
+    assert ours["vision_config"]["llm_hidden_size"] == 64 and ours["vision_config"]["downsample_ratio"] == 0.5
+
+
+def test_weight_recipe_reproduces_the_golden_weights():
+    """The golden data documents the same recipe; at its seed the tensors agree bit for bit."""
+    golden = load_file(GOLDEN / "model.safetensors")
+    ours = random_weights(U1Config.from_file(GOLDEN), seed=1001)
+    assert ours.keys() == golden.keys()
+    mismatched = [key for key in ours if not ours[key].equal(golden[key])]
+    assert mismatched == []
+
+
+def test_tokenizer_round_trips_the_chat_template(tokenizer):
+    prompts = json.loads((GOLDEN / "prompts.json").read_text())
+    for query in (prompts["cond_query"], prompts["uncond_query"], "a cat\n\n  two spaces, ünïcode 猫 🚀\n"):
+        ids = tokenizer(query, add_special_tokens=True)["input_ids"]
+        assert tokenizer.decode(ids) == query
+    cond_ids = tokenizer(prompts["cond_query"])["input_ids"]
+    assert len(cond_ids) < 300  # the system message was learned, not spelled out byte by byte
+    assert cond_ids[0] == tokenizer.convert_tokens_to_ids("<|im_start|>")  # no BOS in front
+
+
+def test_special_tokens_are_single_ids(tokenizer, snapshot):
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    assert len(set(ids.values())) == len(SPECIAL_TOKENS)
+    for token, token_id in ids.items():
+        assert tokenizer(f"x{token}y", add_special_tokens=False)["input_ids"][1:-1] == [token_id]
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
+    assert tokenizer.bos_token is None
+    assert max(ids.values()) < U1Config.from_file(snapshot).vocab_size
+
+
+def test_bpe_training_is_deterministic_across_processes():
+    script = (
+        "import hashlib; from u1lib.tiny import train_tokenizer; "
+        "print(hashlib.sha256(train_tokenizer().to_str().encode()).hexdigest())"
+    )
+    root = str(Path(__file__).resolve().parents[2])
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": root},
+        ).stdout
+        for seed in ("1", "2")
+    }
+    assert len(outputs) == 1 and len(outputs.pop().strip()) == 64
+
+
+def test_cli_writes_the_seed(tmp_path):
+    assert cli("tiny", ["--out", str(tmp_path / "snap"), "--seed", "7"]) == 0
+    with safe_open(tmp_path / "snap" / "model.safetensors", "pt") as handle:
+        assert handle.metadata()["u1lib.tiny_seed"] == "7"
