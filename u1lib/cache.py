@@ -1,0 +1,202 @@
+"""The prefix-K/V cache stage: understanding-tower K/V for every caption, on disk, keyed by what shapes it.
+
+Layout of ``out_dir``: ``shard-00000.safetensors`` ... holding ``{sample_id}.k`` / ``{sample_id}.v``
+as [layers, kv_heads, L, head_dim] (the unconditional prefix under ``__uncond__``), ``manifest.parquet``
+(sample_id, shard, length) and ``cache_info.json`` (the key fields and their hash). The reader memory
+maps shards and stacks only the rows of the current batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+from typing import Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from safetensors import safe_open
+
+from . import __version__
+from .data.prompts import PromptSpec, load_tokenizer
+from .data.reader import PackedDataset
+from .io import atomic_path, read_json, save_safetensors, sha256_file, write_json
+from .model.config import U1Config
+from .model.loading import load_model
+from .model.u1 import PrefixKV
+from .prefix import UNCOND_ID, PrefixEncoder
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_ENGINE_SOURCES = ("model/u1.py", "model/layers.py", "model/rope.py", "prefix.py", "data/prompts.py", "cache.py")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def engine_hash() -> str:
+    """Hash of the sources that decide the cached tensors (a code change must never reuse a stale cache)."""
+    root = Path(__file__).parent
+    digest = hashlib.sha256(__version__.encode())
+    for rel in _ENGINE_SOURCES:
+        digest.update((root / rel).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_key(snapshot_dir: Path, manifest_path: Path, spec: PromptSpec, dtype: str) -> dict:
+    manifest = read_json(manifest_path)
+    fields = {
+        "model_manifest_hash": manifest["manifest_hash"],
+        "model_revision": manifest.get("revision"),
+        "tokenizer_sha256": sha256_file(Path(snapshot_dir) / "tokenizer.json"),
+        "prompt": spec.to_dict(),
+        "dtype": dtype,
+        "engine": engine_hash(),
+    }
+    fields["key"] = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    return fields
+
+
+def bytes_per_token(cfg: U1Config, dtype: str) -> int:
+    """K and V of every layer for one text token."""
+    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * DTYPES[dtype].itemsize
+
+
+def estimate(snapshot_dir: Path, data_paths: Sequence[Path], spec: PromptSpec, dtype: str) -> dict:
+    """Token counts and disk size of the cache, from the tokenizer alone (no model is loaded)."""
+    tokenizer = load_tokenizer(snapshot_dir)
+    encoder = PrefixEncoder(None, tokenizer, spec)
+    tokens = [len(encoder.token_ids(c, t)) for path in data_paths for c, t in PackedDataset(path).texts()]
+    per_token = bytes_per_token(U1Config.from_file(snapshot_dir), dtype)
+    total = (sum(tokens) + len(encoder.uncond_ids())) * per_token
+    return {"captions": len(tokens), "tokens": sum(tokens), "bytes_per_token": per_token, "total_bytes": total}
+
+
+def build_cache(
+    snapshot_dir: Path,
+    manifest_path: Path,
+    data_paths: Sequence[Path],
+    out_dir: Path,
+    *,
+    template: str = "neo1_0",
+    trigger: str = "",
+    use_think: bool = False,
+    batch_size: int = 16,
+    dtype: str = "float32",
+    device: str = "auto",
+    shard_mb: int = 512,
+) -> dict:
+    """Compute and store prefix K/V for every caption of ``data_paths`` plus the unconditional prefix."""
+    snapshot_dir, out_dir = Path(snapshot_dir), Path(out_dir)
+    spec = PromptSpec(template=template, trigger=trigger, use_think=use_think)
+    key = cache_key(snapshot_dir, manifest_path, spec, dtype)
+    dev = resolve_device(device)
+    model = load_model(snapshot_dir, ["und", "embed"], device=dev, dtype=DTYPES[dtype])
+    encoder = PrefixEncoder(model, load_tokenizer(snapshot_dir), spec, dev)
+    items: dict[str, list[int]] = {UNCOND_ID: encoder.uncond_ids()}
+    for path in data_paths:
+        dataset = PackedDataset(path)
+        for sample_id, (caption, think) in zip(dataset.sample_ids, dataset.texts()):
+            if sample_id in items:
+                raise ValueError(f"{path}: sample_id {sample_id!r} appears in more than one data file")
+            items[sample_id] = encoder.token_ids(caption, think)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    order = sorted(items, key=lambda i: (len(items[i]), i))  # similar lengths share a batch: little padding
+    rows, shard, shard_bytes, shard_index = [], {}, 0, 0
+
+    def flush():
+        nonlocal shard, shard_bytes, shard_index
+        if shard:
+            save_safetensors(out_dir / f"shard-{shard_index:05d}.safetensors", shard)
+            shard, shard_bytes, shard_index = {}, 0, shard_index + 1
+
+    for start in range(0, len(order), batch_size):
+        ids = order[start : start + batch_size]
+        cache = encoder.encode_ids([items[i] for i in ids])
+        for row, sample_id in enumerate(ids):
+            one = cache.select(row)
+            k = torch.stack([t[0] for t in one.keys]).cpu().contiguous()  # [layers, kv, L, D]
+            v = torch.stack([t[0] for t in one.values]).cpu().contiguous()
+            shard[f"{sample_id}.k"], shard[f"{sample_id}.v"] = k, v
+            shard_bytes += 2 * k.numel() * k.element_size()
+            rows.append({"sample_id": sample_id, "shard": f"shard-{shard_index:05d}.safetensors", "length": k.shape[2]})
+        if shard_bytes >= shard_mb * 2**20:
+            flush()
+    flush()
+    table = pa.table({name: [r[name] for r in rows] for name in ("sample_id", "shard", "length")})
+    with atomic_path(out_dir / "manifest.parquet") as tmp:
+        pq.write_table(table, tmp)
+    info = {**key, "entries": len(rows), "tokens": sum(r["length"] for r in rows)}
+    write_json(out_dir / "cache_info.json", info)
+    return info
+
+
+class PrefixCacheReader:
+    """Random access to cached prefixes; only the requested rows are read from the memory-mapped shards."""
+
+    def __init__(self, cache_dir: Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
+        self.cache_dir = Path(cache_dir)
+        manifest = self.cache_dir / "manifest.parquet"
+        if not manifest.exists():
+            raise FileNotFoundError(f"{manifest} missing: run the cache stage first (python -m u1lib cache)")
+        table = pq.read_table(manifest)
+        self.shard_of = dict(zip(table.column("sample_id").to_pylist(), table.column("shard").to_pylist()))
+        self.info = read_json(self.cache_dir / "cache_info.json")
+        self.device, self.dtype = torch.device(device), dtype
+        self._handles: dict[str, object] = {}
+
+    def _handle(self, shard: str):
+        if shard not in self._handles:
+            self._handles[shard] = safe_open(self.cache_dir / shard, framework="pt")
+        return self._handles[shard]
+
+    def one(self, sample_id: str) -> PrefixKV:
+        if sample_id not in self.shard_of:
+            raise KeyError(f"sample {sample_id!r} is not in the prefix cache {self.cache_dir}; rebuild the cache")
+        handle = self._handle(self.shard_of[sample_id])
+        k, v = handle.get_tensor(f"{sample_id}.k"), handle.get_tensor(f"{sample_id}.v")
+        to = dict(device=self.device, dtype=self.dtype or k.dtype, non_blocking=True)
+        return PrefixKV(
+            [layer[None].to(**to) for layer in k],
+            [layer[None].to(**to) for layer in v],
+            torch.tensor([k.shape[2]], dtype=torch.long, device=self.device),
+        )
+
+    def get(self, sample_ids: Sequence[str]) -> PrefixKV:
+        return PrefixKV.stack([self.one(i) for i in sample_ids])
+
+
+def cli(verb: str, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m u1lib {verb}", description=__doc__)
+    parser.add_argument("--snapshot", type=Path, required=True, help="model snapshot directory")
+    parser.add_argument("--manifest", type=Path, required=True, help="the snapshot's manifest.json")
+    parser.add_argument("--data", type=Path, nargs="+", required=True, help="packed parquet file(s)")
+    parser.add_argument("--out", type=Path, help="cache directory (required unless --estimate)")
+    parser.add_argument("--template", default="neo1_0")
+    parser.add_argument("--trigger", default="")
+    parser.add_argument("--use-think", action="store_true")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--estimate", action="store_true", help="print the disk size and exit")
+    args = parser.parse_args(argv)
+    spec = PromptSpec(template=args.template, trigger=args.trigger, use_think=args.use_think)
+    if args.estimate:
+        est = estimate(args.snapshot, args.data, spec, args.dtype)
+        print(
+            f"{est['captions']} captions, {est['tokens']} tokens, {est['bytes_per_token'] / 1024:.1f} KiB per token: "
+            f"{est['total_bytes'] / 2**20:.1f} MiB on disk"
+        )
+        return 0
+    if args.out is None:
+        parser.error("--out is required unless --estimate is given")
+    info = build_cache(
+        args.snapshot, args.manifest, args.data, args.out, template=args.template, trigger=args.trigger,
+        use_think=args.use_think, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
+    )  # fmt: skip
+    print(f"cached {info['entries']} prefixes ({info['tokens']} tokens) under key {info['key']} in {args.out}")
+    return 0

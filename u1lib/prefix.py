@@ -1,0 +1,41 @@
+"""Text -> prefix K/V on the understanding tower: the one code path behind the cache stage,
+online-prefix training and sampling, so their numbers agree exactly."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .data.prompts import UNCOND_TEXT, PromptSpec, cond_text, encode
+from .data.sources import UNCOND_ID
+from .model.u1 import PrefixKV, U1Model
+
+__all__ = ["PrefixEncoder", "UNCOND_ID"]
+
+
+class PrefixEncoder:
+    def __init__(self, model: U1Model, tokenizer, spec: PromptSpec, device: torch.device | str = "cpu"):
+        self.model, self.tokenizer, self.spec, self.device = model, tokenizer, spec, torch.device(device)
+
+    def token_ids(self, caption: str, think: str | None = None) -> list[int]:
+        return encode(self.tokenizer, cond_text(self.spec, caption, think))
+
+    def uncond_ids(self) -> list[int]:
+        return encode(self.tokenizer, UNCOND_TEXT)
+
+    @torch.no_grad()
+    def encode_ids(self, rows: Sequence[list[int]]) -> PrefixKV:
+        """Right-padded batch prefix over token id lists (pad id 0 never reaches valid positions)."""
+        lengths = torch.tensor([len(r) for r in rows], dtype=torch.long, device=self.device)
+        ids = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long, device=self.device)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long, device=self.device)
+        return self.model.prefix(ids, lengths)
+
+    def captions(self, captions: Sequence[str], thinks: Sequence[str | None] | None = None) -> PrefixKV:
+        thinks = thinks or [None] * len(captions)
+        return self.encode_ids([self.token_ids(c, t) for c, t in zip(captions, thinks)])
+
+    def uncond(self) -> PrefixKV:
+        return self.encode_ids([self.uncond_ids()])

@@ -1,0 +1,1 @@
+"""Training: objectives, timestep sampling, the loop, checkpoints, validation, metrics."""

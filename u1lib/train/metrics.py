@@ -1,0 +1,64 @@
+"""Run records: peak memory, environment, and the t histogram the report plots."""
+
+from __future__ import annotations
+
+import platform
+import resource
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+PACKAGES = ("torch", "safetensors", "transformers", "pyarrow", "pillow", "snakemake", "numpy")
+
+
+def peak_host_rss_bytes() -> int:
+    """Peak resident set size of this process (Linux reports KiB)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return usage if sys.platform == "darwin" else usage * 1024
+
+
+def peak_gpu_bytes(device: torch.device) -> int | None:
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    """The commit of the checkout u1lib runs from (not of the working directory)."""
+    cwd = cwd or Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+class THistogram:
+    """Counts of sampled training t in fixed bins over [0, 1]; survives resume through its counts."""
+
+    def __init__(self, bins: int = 20, counts: list[int] | None = None):
+        self.edges = torch.linspace(0, 1, bins + 1)
+        self.counts = torch.tensor(counts or [0] * bins, dtype=torch.long)
+
+    def add(self, t: torch.Tensor) -> None:
+        self.counts += torch.histc(t.float().cpu(), bins=len(self.counts), min=0, max=1).long()
+
+    def to_dict(self) -> dict:
+        return {"edges": [round(e, 6) for e in self.edges.tolist()], "counts": self.counts.tolist()}

@@ -1,0 +1,112 @@
+"""The typed training configuration, built once from the config's ``train`` section."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .objectives import LOSS_TYPES
+from .timesteps import T_DISTS
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    steps: int = 200
+    batch_size: int = 2  # global micro-batch: split across data-parallel ranks
+    grad_accum: int = 1
+    lr: float = 1e-3
+    lora: str = "attn=r8a8;mlp=r8a8"
+    lora_dropout: float = 0.0
+    full_ft: tuple[str, ...] = ()
+    loss_type: str = "x0"
+    huber_delta: float = 1.0
+    t_dist: str = "uniform"
+    t_mean: float = -0.8
+    t_std: float = 0.8
+    t_shift: float = 1.0
+    t_eps: float | None = None  # None: the model config's t_eps (0.05)
+    cond_dropout: float = 0.0
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    min_lr_ratio: float = 0.0
+    grad_clip: float | None = 1.0
+    ema: float | None = None
+    checkpointing: str | int = "none"  # none | all | K (all but the last K generation layers)
+    val_every: int = 50
+    val_t: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
+    val_seed: int = 1234
+    val_max_items: int = 16
+    ckpt_every: int = 50
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+    memory_mode: str = "resident"  # resident | online_prefix
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    device: str = "auto"
+    upstream_lora: dict | None = None  # {"path": ..., "skip": [...]}
+    extra: dict = field(default_factory=dict, compare=False)
+
+    # settings that may change between a checkpoint and its resume without changing the math
+    RESUMABLE_CHANGES = ("steps", "val_every", "ckpt_every", "keep_checkpoints", "log_every", "device", "extra")
+
+    def __post_init__(self):
+        problems = []
+        choices = {
+            "loss_type": LOSS_TYPES,
+            "t_dist": T_DISTS,
+            "optimizer": ("adamw", "adamw8bit"),
+            "schedule": ("constant", "cosine"),
+            "memory_mode": ("resident", "online_prefix"),
+            "precision": ("auto", "fp32", "bf16"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                problems.append(f"train.{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        for name in ("steps", "batch_size", "grad_accum"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                problems.append(f"train.{name}: must be a positive integer, got {getattr(self, name)!r}")
+        if not 0 <= self.cond_dropout <= 1:
+            problems.append(f"train.cond_dropout: {self.cond_dropout} is not a probability")
+        if self.lr <= 0:
+            problems.append(f"train.lr: must be positive, got {self.lr}")
+        if self.ema is not None and not 0 < self.ema < 1:
+            problems.append(f"train.ema: decay {self.ema} must be in (0, 1) or null")
+        ck = self.checkpointing
+        if not (ck in ("none", "all") or (isinstance(ck, int) and ck >= 0)):
+            problems.append(f"train.checkpointing: {ck!r} is not none, all or a non-negative integer")
+        if problems:
+            raise ValueError("invalid training settings:\n  " + "\n  ".join(problems))
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "TrainSettings":
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"unknown training setting(s): {', '.join('train.' + k for k in unknown)}")
+        values = dict(raw)
+        for name in ("full_ft", "val_t", "betas"):
+            if name in values and values[name] is not None:
+                values[name] = tuple(values[name])
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data.pop("extra")
+        return data
+
+    def compatibility(self) -> dict:
+        """What a checkpoint must share with the run that resumes it."""
+        data = self.to_dict()
+        for name in self.RESUMABLE_CHANGES:
+            data.pop(name, None)
+        return data
+
+    def checkpoint_layers(self, num_layers: int) -> frozenset[int]:
+        if self.checkpointing == "none":
+            return frozenset()
+        if self.checkpointing == "all":
+            return frozenset(range(num_layers))
+        return frozenset(range(max(0, num_layers - int(self.checkpointing))))
