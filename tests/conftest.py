@@ -36,3 +36,28 @@ def golden_model():
     from u1lib.model.loading import load_model
 
     return load_model(GOLDEN, ["und", "gen", "fm", "embed", "vision_und"])
+
+
+@pytest.fixture(scope="session")
+def tiny_workspace(tmp_path_factory):
+    """Tiny snapshot + packed demo photos (64x64-area buckets) + prefix cache, built once per session."""
+    from u1lib.cache import build_cache
+    from u1lib.data.buckets import BucketSpec
+    from u1lib.data.demo import write_demo_folder
+    from u1lib.data.pack import pack_folder
+    from u1lib.hub import snapshot_tiny
+
+    root = tmp_path_factory.mktemp("tiny")
+    snapshot_tiny(root / "snapshot", root / "manifest.json", seed=0)
+    write_demo_folder(Path(__file__).parents[1] / "config" / "demo_captions.yaml", root / "raw")
+    pack_folder(root / "raw", root / "data", buckets=BucketSpec(kind="area", area=64 * 64, token_size=8), val_count=2)
+    data = [root / "data" / "train.parquet", root / "data" / "val.parquet"]
+    build_cache(root / "snapshot", root / "manifest.json", data, root / "cache")
+    return {
+        "root": root,
+        "snapshot_dir": root / "snapshot",
+        "manifest_path": root / "manifest.json",
+        "train_parquet": data[0],
+        "val_parquet": data[1],
+        "cache_dir": root / "cache",
+    }

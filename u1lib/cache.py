@@ -105,7 +105,7 @@ def build_cache(
                 raise ValueError(f"{path}: sample_id {sample_id!r} appears in more than one data file")
             items[sample_id] = encoder.token_ids(caption, think)
     out_dir.mkdir(parents=True, exist_ok=True)
-    order = sorted(items, key=lambda i: (len(items[i]), i))  # similar lengths share a batch: little padding
+    order = sorted(items, key=lambda i: (len(items[i]), i))  # equal lengths share a batch (no padding)
     rows, shard, shard_bytes, shard_index = [], {}, 0, 0
 
     def flush():

@@ -26,12 +26,20 @@ class PrefixEncoder:
 
     @torch.no_grad()
     def encode_ids(self, rows: Sequence[list[int]]) -> PrefixKV:
-        """Right-padded batch prefix over token id lists (pad id 0 never reaches valid positions)."""
-        lengths = torch.tensor([len(r) for r in rows], dtype=torch.long, device=self.device)
-        ids = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long, device=self.device)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long, device=self.device)
-        return self.model.prefix(ids, lengths)
+        """Prefixes of token id lists, in order, right-padded to the longest.
+
+        Rows are run in groups of equal length, so no row ever shares a forward with padding: each
+        row's K/V is then the same whatever batch it came in (cache and online mode agree exactly).
+        """
+        by_length: dict[int, list[int]] = {}
+        for index, row in enumerate(rows):
+            by_length.setdefault(len(row), []).append(index)
+        parts: dict[int, PrefixKV] = {}
+        for length, indices in by_length.items():
+            ids = torch.tensor([rows[i] for i in indices], dtype=torch.long, device=self.device)
+            group = self.model.prefix(ids)
+            parts.update({i: group.select(j) for j, i in enumerate(indices)})
+        return PrefixKV.stack([parts[i] for i in range(len(rows))])
 
     def captions(self, captions: Sequence[str], thinks: Sequence[str | None] | None = None) -> PrefixKV:
         thinks = thinks or [None] * len(captions)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 
 from .objectives import LOSS_TYPES
@@ -98,11 +99,11 @@ class TrainSettings:
         return data
 
     def compatibility(self) -> dict:
-        """What a checkpoint must share with the run that resumes it."""
+        """What a checkpoint must share with the run that resumes it (JSON-normalised: tuples as lists)."""
         data = self.to_dict()
         for name in self.RESUMABLE_CHANGES:
             data.pop(name, None)
-        return data
+        return json.loads(json.dumps(data))
 
     def checkpoint_layers(self, num_layers: int) -> frozenset[int]:
         if self.checkpointing == "none":

@@ -1,0 +1,67 @@
+"""Benchmark plumbing on CPU: FLOP formulas against hand counts, the 8B trainable surface, a smoke run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from u1lib.bench import Measure, cli, gen_forward_flops, make_trainable, prefix_flops, train_flops
+from u1lib.model.config import U1Config
+from u1lib.model.loading import meta_model
+from tests.conftest import CONFIG_8B
+
+
+def test_8b_flops_by_hand():
+    cfg = U1Config.from_file(CONFIG_8B)
+    f = gen_forward_flops(cfg, 4096, [300], "default")
+    per_layer = 4096 * 4096 * 2 + 1024 * 4096 * 2 + 3 * 4096 * 12288  # q, o, k, v, gate/up/down
+    assert f["linear"] == 2 * per_layer * 42 * 4096
+    assert f["attention"] == 4 * 4096 * 4396 * 128 * 32 * 42  # QK^T + PV over 300 + 4096 keys
+    assert f["lora"] == 2 * 64 * (8192 + 5120 + 5120 + 8192 + 3 * 16384) * 42 * 4096
+    step = train_flops(cfg, 4096, [300], "default", recomputed=42)
+    assert step["executed"] - step["useful"] == pytest.approx(f["linear"] + f["attention"] + f["lora"], rel=1e-9)
+    assert 170e12 < step["useful"] < 185e12  # ~176 TFLOP: the 2048^2 floor is ~0.22 s at 800 TFLOP/s
+    assert prefix_flops(cfg, 300) == 2 * per_layer * 42 * 300 + 2 * 300 * 300 * 128 * 32 * 42
+
+
+def test_default_surface_is_the_peers_286m():
+    model = meta_model(U1Config.from_file(CONFIG_8B))
+    trainable = make_trainable(model, "default")
+    assert sum(p.numel() for p in trainable) == 286_289_920
+    assert all(p.dtype == torch.float32 for p in trainable)
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad and "layers.0." in n and "_mot_gen" in n]
+    assert frozen and "language_model.model.layers.0.self_attn.q_proj_mot_gen.weight" in frozen
+
+
+def test_measure_rejects_bad_settings():
+    with pytest.raises(ValueError, match="measure 'fly'"):
+        Measure("fly")
+    with pytest.raises(ValueError, match="checkpointing"):
+        Measure("train", checkpointing="some")
+
+
+def test_cli_smoke_on_cpu(golden_dir, tmp_path, capsys):
+    plan = [
+        {"measure": "train", "size": 16, "batch": 2, "prefix": 6, "prefix_spread": 2, "lora": "attn=r4a4",
+         "warmup": 1, "iters": 2},
+        {"measure": "train", "size": 16, "prefix": 6, "lora": "attn=r4a4", "swap_layers": 2, "warmup": 1, "iters": 1},
+        {"measure": "sample", "size": 16, "prefix": 6, "steps": 2, "iters": 1},
+        {"measure": "prefix", "batch": 3, "prefix": 7, "warmup": 1, "iters": 2},
+        {"measure": "train", "size": 18, "iters": 1},
+    ]  # fmt: skip
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    out = tmp_path / "bench.json"
+    code = cli("bench", ["--plan", str(tmp_path / "plan.json"), "--config", str(golden_dir), "--device", "cpu",
+                         "--out", str(out)])  # fmt: skip
+    record = json.loads(out.read_text())
+    assert code == 1  # the last measure fails (18 px is no multiple of the 4 px token) and says so
+    results = record["results"]
+    assert "multiple of the token size" in results[-1]["error"]
+    train, swapped, sample, prefix = results[:4]
+    assert train["prefix_lengths"] == [4, 6] and train["s_per_step"] > 0 and train["images_per_s"] > 0
+    assert "error" not in swapped and swapped["settings"]["swap_layers"] == 2
+    assert sample["s_per_denoise_step"] > 0 and prefix["captions_per_s"] > 0
+    assert record["matmul_tflops"] > 0 and "host_rss_peak_gib" in train
+    assert "ERROR" in capsys.readouterr().out

@@ -1,0 +1,65 @@
+"""The prefix cache: exact agreement with the engine, keys that notice changes, size estimate."""
+
+from __future__ import annotations
+
+import torch
+
+from u1lib.cache import PrefixCacheReader, build_cache, bytes_per_token, cache_key, estimate
+from u1lib.data.prompts import PromptSpec, load_tokenizer
+from u1lib.data.reader import PackedDataset
+from u1lib.model.config import U1Config
+from u1lib.model.loading import load_model
+from u1lib.prefix import UNCOND_ID, PrefixEncoder
+from tests.conftest import CONFIG_8B
+
+
+def _equal(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.keys + a.values, b.keys + b.values))
+
+
+def test_cached_prefix_equals_online_prefix_bit_for_bit(tiny_workspace):
+    ws = tiny_workspace
+    model = load_model(ws["snapshot_dir"], ["und", "embed"])
+    encoder = PrefixEncoder(model, load_tokenizer(ws["snapshot_dir"]), PromptSpec())
+    reader = PrefixCacheReader(ws["cache_dir"])
+    data = PackedDataset(ws["train_parquet"])
+    for sample_id, (caption, think) in zip(data.sample_ids, data.texts()):
+        assert _equal(reader.one(sample_id), encoder.captions([caption], [think])), sample_id
+    assert _equal(reader.one(UNCOND_ID), encoder.uncond())
+    # a batch read pads rows to the longest and keeps each row's true length
+    batch = reader.get(data.sample_ids[:3])
+    for row, sample_id in enumerate(data.sample_ids[:3]):
+        assert _equal(batch.select(row), reader.one(sample_id))
+
+
+def test_key_changes_with_trigger_template_and_dtype(tiny_workspace):
+    ws = tiny_workspace
+    base = cache_key(ws["snapshot_dir"], ws["manifest_path"], PromptSpec(), "float32")
+    assert base == cache_key(ws["snapshot_dir"], ws["manifest_path"], PromptSpec(), "float32")
+    others = [
+        cache_key(ws["snapshot_dir"], ws["manifest_path"], PromptSpec(trigger="sks style"), "float32"),
+        cache_key(ws["snapshot_dir"], ws["manifest_path"], PromptSpec(template="plain"), "float32"),
+        cache_key(ws["snapshot_dir"], ws["manifest_path"], PromptSpec(use_think=True), "float32"),
+        cache_key(ws["snapshot_dir"], ws["manifest_path"], PromptSpec(), "bfloat16"),
+    ]
+    assert len({base["key"], *(o["key"] for o in others)}) == 5
+
+
+def test_trigger_reaches_the_tensors(tiny_workspace, tmp_path):
+    ws = tiny_workspace
+    data = [ws["train_parquet"]]
+    info = build_cache(ws["snapshot_dir"], ws["manifest_path"], data, tmp_path / "c", trigger="in sks style")
+    assert info["prompt"]["trigger"] == "in sks style"
+    first = PackedDataset(ws["train_parquet"]).sample_ids[0]
+    a = PrefixCacheReader(ws["cache_dir"]).one(first)
+    b = PrefixCacheReader(tmp_path / "c").one(first)
+    assert b.keys[0].shape[2] > a.keys[0].shape[2]  # the trigger adds tokens
+
+
+def test_estimate_matches_written_cache_and_8b_rate(tiny_workspace):
+    ws = tiny_workspace
+    est = estimate(ws["snapshot_dir"], [ws["train_parquet"], ws["val_parquet"]], PromptSpec(), "float32")
+    info = (ws["cache_dir"] / "cache_info.json").read_text()
+    assert f'"tokens": {est["tokens"] + len(PrefixEncoder(None, load_tokenizer(ws["snapshot_dir"]), PromptSpec()).uncond_ids())}' in info
+    # 8B: 42 layers x (K + V) x 8 kv heads x 128 x 2 bytes = 168 KiB per text token in bf16
+    assert bytes_per_token(U1Config.from_file(CONFIG_8B), "bfloat16") == 168 * 1024

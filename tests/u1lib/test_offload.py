@@ -1,0 +1,101 @@
+"""Swap mode on CPU: the slot bookkeeping gives the same numbers as resident weights, and refuses misuse."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from u1lib.lora.adapter import wrap
+from u1lib.lora.spec import resolve_spec
+from u1lib.model.config import U1Config
+from u1lib.model.loading import random_model
+from u1lib.model.offload import enable_swap, spread
+from u1lib.model.u1 import PrefixKV
+from u1lib.train.objectives import flow_loss
+
+
+@pytest.fixture(scope="module")
+def five_layer_model(golden_dir):
+    """The tiny golden shapes with five layers, so two or three slots must be reused within a pass."""
+    cfg = U1Config.from_file(golden_dir)
+    cfg = U1Config(**{**cfg.to_dict(), "num_hidden_layers": 5})
+    return random_model(cfg, ["und", "gen", "fm", "embed"], dtype=torch.float32, seed=1)
+
+
+def _trainable(model):
+    wrap(model, resolve_spec("attn=r4a4;mlp=r4a4", model.config))
+    for name, p in model.named_parameters():
+        p.requires_grad_(".lora_" in name or name.startswith("fm_modules.fm_head"))
+    g = torch.Generator().manual_seed(3)
+    for name, p in model.named_parameters():
+        if "lora_up" in name:
+            p.data = 0.05 * torch.randn(p.shape, generator=g)  # non-zero so LoRA grads reach the base path
+    return model
+
+
+def _batch(model, lengths=(5, 3)):
+    cfg = model.config
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for n in lengths:
+        ids = torch.randint(0, cfg.vocab_size, (1, n), generator=g)
+        rows.append(model.prefix(ids))
+    prefix = PrefixKV.stack(rows)
+    images = torch.rand(len(lengths), 3, 16, 32, generator=g) * 2 - 1
+    return images, prefix, torch.tensor([0.3, 0.8]), torch.randn(images.shape, generator=g)
+
+
+def _loss_and_grads(model, batch):
+    model.zero_grad(set_to_none=True)
+    loss = flow_loss(model, *batch).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("layers,slots", [(None, 2), (None, 3), ([0, 2, 3], 2), ([1], 2)])
+def test_swap_training_step_equals_resident(five_layer_model, layers, slots):
+    resident = _trainable(copy.deepcopy(five_layer_model))
+    resident.checkpoint_layers = frozenset(range(len(resident.layers)))
+    swapped = copy.deepcopy(resident)
+    batch = _batch(resident)
+    want_loss, want = _loss_and_grads(resident, batch)
+    enable_swap(swapped, layers, slots=slots)
+    for _ in range(2):  # the second step starts from the slots the first one left behind
+        loss, grads = _loss_and_grads(swapped, batch)
+        assert torch.equal(loss, want_loss)
+        assert grads.keys() == want.keys() and all(torch.equal(grads[k], want[k]) for k in want)
+    images, prefix, t, _ = batch
+    with torch.no_grad():
+        for _ in range(2):
+            assert torch.equal(swapped.denoise(images, t, prefix, 2.0)[0], resident.denoise(images, t, prefix, 2.0)[0])
+
+
+def test_swap_weights_leave_the_layer_and_come_back(golden_model):
+    model = copy.deepcopy(golden_model)
+    weight = model.layers[1].mlp_mot_gen.up_proj.weight
+    before = weight.detach().clone()
+    streamer = enable_swap(model, [1])
+    assert weight.numel() == 0  # unbound until fetched
+    assert model.layers[1].mlp.up_proj.weight.numel() > 0  # the understanding tower stays
+    streamer.close()
+    assert model.layer_streamer is None and torch.equal(weight, before)
+
+
+def test_swap_refuses_uncheckpointed_layers_with_grad(golden_model):
+    model = _trainable(copy.deepcopy(golden_model))
+    enable_swap(model)
+    with pytest.raises(RuntimeError, match="not checkpointed"):
+        flow_loss(model, *_batch(model)).loss.backward()
+    with pytest.raises(ValueError, match="already on"):
+        enable_swap(model)
+
+
+def test_spread_layers():
+    assert spread(4, 42) == [5, 15, 26, 36]
+    assert spread(42, 42) == list(range(42))
+    assert spread(0, 42) == []
+    with pytest.raises(ValueError):
+        spread(43, 42)
