@@ -9,14 +9,21 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tests.conftest import CONFIG_8B
 from u1lib.lora import spec as spec_module
 from u1lib.lora.adapter import LoRALinear, adapters_of, set_enabled, unwrap, wrap
 from u1lib.lora.inspect import cli as inspect_cli
-from u1lib.lora.io import FT_BIAS_SUFFIX, adapter_metadata, bake_lora, load_adapter_weights, read_lora_file, save_adapter
+from u1lib.lora.io import (
+    FT_BIAS_SUFFIX,
+    adapter_metadata,
+    bake_lora,
+    load_adapter_weights,
+    read_lora_file,
+    save_adapter,
+)
 from u1lib.lora.spec import PRESETS, LoraTarget, SpecError, resolve_full_ft, resolve_spec, trainable_counts
 from u1lib.model.config import U1Config
 from u1lib.model.loading import load_model, random_model
-from tests.conftest import CONFIG_8B
 
 L0 = "language_model.model.layers.0."
 L1 = "language_model.model.layers.1."
@@ -89,7 +96,14 @@ def test_dotted_patterns_match_path_ends(pattern, expected):
 
 @pytest.mark.parametrize(
     "setting, rank, alpha",
-    [("r64a64", 64, 64.0), ("r=64,a=32", 64, 32.0), ("r16", 16, 16.0), ("r=8", 8, 8.0), ("r4a0.5", 4, 0.5), ("R8A2", 8, 2.0)],
+    [
+        ("r64a64", 64, 64.0),
+        ("r=64,a=32", 64, 32.0),
+        ("r16", 16, 16.0),
+        ("r=8", 8, 8.0),
+        ("r4a0.5", 4, 0.5),
+        ("R8A2", 8, 2.0),
+    ],
 )
 def test_settings(setting, rank, alpha):
     target = resolve_spec(f"layers.0.self_attn.q_proj_mot_gen={setting}", TINY)[L0 + "self_attn.q_proj_mot_gen"]
@@ -148,7 +162,9 @@ def test_suffix_pattern_respects_segment_boundaries():
     assert not pattern.search(L0 + "mlp_mot_gen.down_proj")
     assert not spec_module._pattern("q_proj").search(L0 + "self_attn.q_proj_mot_gen")
     assert not spec_module._pattern("proj_mot_gen").search(L0 + "self_attn.q_proj_mot_gen")
-    assert not spec_module._pattern("0.self_attn.q_proj_mot_gen").search("language_model.model.layers.10.self_attn.q_proj_mot_gen")
+    assert not spec_module._pattern("0.self_attn.q_proj_mot_gen").search(
+        "language_model.model.layers.10.self_attn.q_proj_mot_gen"
+    )
 
 
 @pytest.mark.parametrize(
@@ -184,7 +200,12 @@ def test_lora_and_full_ft_of_one_weight_is_refused():
     with pytest.raises(SpecError, match=r"fm_modules\.fm_head\.0\.weight is both"):
         trainable_counts("fm_head=r2", [r"fm_modules\.fm_head\.0\.weight"], TINY)
     counts = trainable_counts("fm_head=r2", [r"fm_modules\.fm_head\.0\.bias"], TINY)
-    assert counts == {"lora_modules": 2, "lora_params": 2 * (16 + 40) + 2 * (40 + 48), "full_ft_params": 40, "total": 328}
+    assert counts == {
+        "lora_modules": 2,
+        "lora_params": 2 * (16 + 40) + 2 * (40 + 48),
+        "full_ft_params": 40,
+        "total": 328,
+    }
 
 
 # 8B counts from config.json alone ------------------------------------------------------------
@@ -343,7 +364,11 @@ def test_wrap_and_unwrap_a_model():
 
 # scales 1.5, 5/3 and 1: a merge that multiplies in another order gives other bits
 TRAINED_SPEC = "attn=r2a3;layers.1.mlp_mot_gen.down_proj=r3a5;fm_head.0=r2"
-FULL_FT = ["fm_modules.fm_head.0.bias", "fm_modules.timestep_embedder.mlp.0.weight", "fm_modules.timestep_embedder.mlp.0.bias"]
+FULL_FT = [
+    "fm_modules.fm_head.0.bias",
+    "fm_modules.timestep_embedder.mlp.0.weight",
+    "fm_modules.timestep_embedder.mlp.0.bias",
+]
 
 
 def trained_adapter(path) -> nn.Module:
@@ -568,11 +593,11 @@ def test_inspect_spec_with_list(capsys, golden_dir):
     argv = ["--model", str(golden_dir), "--spec", "attn=r4a8;fm_head.0=r2", "--full-ft", r"fm_modules\.fm_head\.2\..*"]
     assert inspect_cli("inspect", argv + ["--list"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^  attn +8 +4 +8 +3,584$", out, re.M)  # 2 layers x 4 x (q,o: 64+64; k,v: 64+32)
-    assert re.search(r"^  fm_head +1 +2 +2 +8,320$", out, re.M)
-    assert re.search(r"^  fm_modules\.fm_head\.\* +2 +196,656$", out, re.M)  # full FT: 48 x 4096 + 48
-    assert re.search(r"^ +9 +11,904 +196,656 +208,560$", out, re.M)
-    assert re.search(rf"^  {re.escape(Q0)} +4 +8 +512$", out, re.M)
+    assert re.search(r"^  attn +8 +4 +8 +3,584$", out, re.MULTILINE)  # 2 layers x 4 x (q,o: 64+64; k,v: 64+32)
+    assert re.search(r"^  fm_head +1 +2 +2 +8,320$", out, re.MULTILINE)
+    assert re.search(r"^  fm_modules\.fm_head\.\* +2 +196,656$", out, re.MULTILINE)  # full FT: 48 x 4096 + 48
+    assert re.search(r"^ +9 +11,904 +196,656 +208,560$", out, re.MULTILINE)
+    assert re.search(rf"^  {re.escape(Q0)} +4 +8 +512$", out, re.MULTILINE)
     assert "fm_modules.fm_head.2.bias" in out
 
 
@@ -580,8 +605,8 @@ def test_inspect_file(capsys, golden_dir):
     assert inspect_cli("inspect", ["--file", str(golden_dir / "lora.safetensors"), "--list"]) == 0
     out = capsys.readouterr().out
     assert "4 LoRA modules, 0 fully fine-tuned tensors" in out and "format = pt" in out
-    assert re.search(r"^  fm_head +1 +4 +8 +16,640$", out, re.M)
-    assert re.search(r"^ +4 +18,304 +0 +18,304$", out, re.M)
+    assert re.search(r"^  fm_head +1 +4 +8 +16,640$", out, re.MULTILINE)
+    assert re.search(r"^ +4 +18,304 +0 +18,304$", out, re.MULTILINE)
 
 
 def test_inspect_errors(capsys, golden_dir, tmp_path):

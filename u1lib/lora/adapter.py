@@ -54,7 +54,9 @@ class LoRALinear(nn.Module):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Fold the adapter into the base weight (idempotent)."""
+        """Fold the adapter into the base weight (idempotent); a disabled adapter cannot be merged."""
+        if not self.enabled:
+            raise RuntimeError("cannot merge a disabled LoRA adapter: the base output it promises would change")
         if not self.merged:
             self.weight.copy_((self.weight.float() + self.delta()).to(self.weight.dtype))
             self.merged = True
@@ -68,7 +70,13 @@ class LoRALinear(nn.Module):
 
 def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
     parent_path, _, name = path.rpartition(".")
-    return model.get_submodule(parent_path), name
+    try:
+        parent = model.get_submodule(parent_path)
+    except AttributeError:
+        raise ValueError(f"LoRA target {path}: the model has no module {parent_path!r}") from None
+    if not hasattr(parent, name):
+        raise ValueError(f"LoRA target {path}: the model has no module {path!r}")
+    return parent, name
 
 
 def wrap(model: nn.Module, targets: dict[str, LoraTarget], dropout: float = 0.0) -> dict[str, LoRALinear]:
@@ -103,6 +111,10 @@ def adapters_of(model: nn.Module) -> dict[str, LoRALinear]:
 
 
 def set_enabled(model: nn.Module, enabled: bool) -> None:
-    """Switch every adapter on or off (off gives the base model's outputs exactly)."""
-    for module in adapters_of(model).values():
+    """Switch every adapter on or off (off gives the base model's outputs exactly, so merged ones are refused)."""
+    adapters = adapters_of(model)
+    merged = [path for path, module in adapters.items() if module.merged]
+    if merged and not enabled:
+        raise RuntimeError(f"cannot disable merged LoRA adapters (e.g. {merged[0]}); unmerge them first")
+    for module in adapters.values():
         module.enabled = enabled

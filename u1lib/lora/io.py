@@ -62,8 +62,13 @@ def read_lora_file(path: str | Path) -> LoraFile:
         if up is None:
             problems.append(f"{module}: lora_down without lora_up")
             continue
-        rank = down.shape[0]
-        result.triples[module] = (down, up, float(alpha) if alpha is not None else float(rank))
+        if down.dim() != 2 or up.dim() != 2 or up.shape[1] != down.shape[0]:
+            problems.append(f"{module}: lora_down {tuple(down.shape)} and lora_up {tuple(up.shape)} are not [r, in] and [out, r]")
+            continue
+        if alpha is not None and alpha.numel() != 1:
+            problems.append(f"{module}: alpha has shape {tuple(alpha.shape)}, expected a scalar")
+            continue
+        result.triples[module] = (down, up, float(alpha) if alpha is not None else float(down.shape[0]))
     stray = [k for k in tensors if ".lora_up." in k or k.endswith(".alpha")]
     problems += [f"{k}: no matching lora_down" for k in stray]
     if problems:
@@ -77,6 +82,9 @@ def read_lora_file(path: str | Path) -> LoraFile:
 def save_adapter(model: nn.Module, path: str | Path, full_ft: list[str], metadata: dict[str, str]) -> int:
     """Write every adapter of ``model`` and the named fully fine-tuned tensors; returns bytes written."""
     params = dict(model.named_parameters())
+    unknown = [name for name in full_ft if name not in params]
+    if unknown:
+        raise ValueError(f"cannot save fully fine-tuned tensors the model does not have: {', '.join(unknown)}")
     tensors: dict[str, torch.Tensor] = {}
     for module, adapter in adapters_of(model).items():
         tensors[f"{module}.lora_down.weight"] = adapter.lora_down.weight.detach().float().contiguous().cpu()
@@ -99,13 +107,25 @@ def load_adapter_weights(model: nn.Module, lora: LoraFile, *, strict: bool = Tru
     problems += [f"file has tensor {n}, model has no such parameter" for n in lora.full if n not in params]
     if problems and strict:
         raise ValueError("adapter does not match the model:\n  " + "\n  ".join(problems))
+    shape_problems = [
+        f"{module}: file down/up {tuple(down.shape)}/{tuple(up.shape)} != adapter "
+        f"{tuple(adapters[module].lora_down.weight.shape)}/{tuple(adapters[module].lora_up.weight.shape)}"
+        for module, (down, up, _) in lora.triples.items()
+        if module in adapters
+        and (down.shape != adapters[module].lora_down.weight.shape or up.shape != adapters[module].lora_up.weight.shape)
+    ]
+    shape_problems += [
+        f"{name}: file shape {tuple(t.shape)} != model {tuple(params[name].shape)}"
+        for name, t in lora.full.items()
+        if name in params and t.shape != params[name].shape
+    ]
+    if shape_problems:
+        raise ValueError("adapter shapes do not match the model:\n  " + "\n  ".join(shape_problems))
     with torch.no_grad():
         for module, (down, up, alpha) in lora.triples.items():
             if module not in adapters:
                 continue
             adapter = adapters[module]
-            if tuple(down.shape) != tuple(adapter.lora_down.weight.shape):
-                raise ValueError(f"{module}: file rank/shape {tuple(down.shape)} != adapter {tuple(adapter.lora_down.weight.shape)}")
             adapter.lora_down.weight.copy_(down)
             adapter.lora_up.weight.copy_(up)
             adapter.alpha.fill_(alpha)
@@ -128,6 +148,20 @@ def bake_lora(model: nn.Module, lora: LoraFile, skip: list[str] | tuple[str, ...
     missing += [n for n in lora.full if n not in params]
     if missing:
         raise ValueError("LoRA targets not present in the model:\n  " + "\n  ".join(sorted(missing)))
+    expected = {f"{m}.weight": (up.shape[0], down.shape[1]) for m, (down, up, _) in lora.triples.items()}
+    expected.update({n: tuple(t.shape) for n, t in lora.full.items()})
+    problems = [
+        f"{n}: not loaded (meta device); load its parameter group first"
+        for n in expected
+        if params[n].is_meta and not any(s in n for s in skip)
+    ]
+    problems += [
+        f"{n}: model shape {tuple(params[n].shape)} != LoRA file's {tuple(shape)}"
+        for n, shape in expected.items()
+        if tuple(params[n].shape) != tuple(shape)
+    ]
+    if problems:
+        raise ValueError("LoRA file does not fit the model:\n  " + "\n  ".join(sorted(problems)))
     with torch.no_grad():
         for module, (down, up, alpha) in lora.triples.items():
             if any(s in module for s in skip):

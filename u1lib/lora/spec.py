@@ -105,10 +105,16 @@ def expand_preset(spec: str) -> tuple[str, tuple[str, ...]]:
     return PRESETS.get(spec.strip(), (spec, ()))
 
 
-def resolve_spec(spec: str, cfg: U1Config) -> dict[str, LoraTarget]:
-    """Module path -> LoraTarget for every module the spec turns on."""
+def resolve_spec(
+    spec: str, cfg: U1Config, *, modules: dict[str, tuple[int, int]] | None = None
+) -> dict[str, LoraTarget]:
+    """Module path -> LoraTarget for every module the spec turns on.
+
+    ``modules`` (path -> (in, out)) replaces ``linear_modules(cfg)`` for layouts the key table does not
+    describe, such as the A3B model's experts.
+    """
     clauses_text, _ = expand_preset(spec)
-    modules = linear_modules(cfg)
+    modules = linear_modules(cfg) if modules is None else modules
     chosen: dict[str, tuple[int, float] | None] = {}
     for clause in filter(None, (c.strip() for c in clauses_text.split(";"))):
         target, sep, setting_text = clause.partition("=")
