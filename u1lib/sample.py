@@ -153,6 +153,8 @@ class Sampler:
                     for name, tensor in saved.items():
                         params[name].copy_(tensor)
         out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in out_dir.glob("*.png"):  # a rerun with fewer prompts or seeds leaves no strays
+            stale.unlink()
         records = []
         for (entry, seed), image in zip(jobs, images):
             name = f"{entry['id']}_seed{seed}.png"

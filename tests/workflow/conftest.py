@@ -1,4 +1,4 @@
-"""Run Snakemake on a temporary copy of the workflow, so tests never touch the repo's results/."""
+"""Snakemake on a temporary copy of the workflow, so tests never touch the repo's results/."""
 
 from __future__ import annotations
 
@@ -14,10 +14,6 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOW_FILES = ("Snakefile", "rules", "workflow_scripts", "config", "profiles", "envs", "u1lib")
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "integration: end-to-end runs of real pipeline stages")
 
 
 @dataclass
@@ -46,10 +42,10 @@ class Workflow:
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return str(path)
 
-    def fake_complete(self) -> None:
+    def fake_complete(self, *args: str) -> None:
         """Create every output as an empty file (folders for suffix-less paths), then let
         `snakemake --touch` record them as done, params and all, in DAG order."""
-        summary = self.snakemake("--summary").stdout.splitlines()
+        summary = self.snakemake("--summary", *args).stdout.splitlines()
         for line in summary[1:]:
             path = self.workdir / line.split("\t")[0]
             if path.suffix:
@@ -57,7 +53,7 @@ class Workflow:
                 path.touch()
             else:
                 path.mkdir(parents=True, exist_ok=True)
-        self.snakemake("--touch", "--forceall", "--cores", "1")
+        self.snakemake("--touch", "--forceall", "--cores", "1", *args)
 
 
 def job_counts(text: str) -> dict[str, int]:
@@ -87,6 +83,19 @@ def copy_workflow(target: Path) -> Workflow:
     return Workflow(target / "workflow", target / "run")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "integration: end-to-end runs of real pipeline stages")
+
+
 @pytest.fixture
 def workflow(tmp_path) -> Workflow:
+    """A fresh copy of the workflow (and u1lib) with an empty working directory."""
     return copy_workflow(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Workflow:
+    """A copy whose whole default run is recorded as done (shared by a module's tests)."""
+    workflow = copy_workflow(tmp_path_factory.mktemp("finished"))
+    workflow.fake_complete()
+    return workflow

@@ -92,7 +92,7 @@ def test_grid_errors_name_the_axis_and_the_variant(workflow):
     assert "variant loss-l1_t-logit_normal: train.loss_type: 'l1' is not one of" in output
 
 
-def test_prompt_set_from_a_path_and_its_errors(workflow, tmp_path):
+def test_prompt_set_from_a_path_names_the_samples_folder(workflow, tmp_path):
     prompts = tmp_path / "mine.yaml"
     prompts.write_text("prompts:\n  - {id: a, prompt: a red apple}\n")
     config = workflow.config()
@@ -100,11 +100,9 @@ def test_prompt_set_from_a_path_and_its_errors(workflow, tmp_path):
     path = workflow.write_config("mine.yaml", config)
     assert "results/runs/base/samples/mine/index.json" in workflow.snakemake("--dry-run", "--configfile", path).stdout
 
-    prompts.write_text("prompts:\n  - {id: a, prompt: one}\n  - {id: a, prompt: ''}\n")
-    result = workflow.snakemake("--dry-run", "--configfile", path, check=False)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0 and f"prompt set {prompts}" in output
-    assert "prompts[1].id 'a': must be a unique" in output and "prompts[1].prompt: must be non-empty" in output
+    config["sample"]["prompt_set"] = "nosuchset"
+    result = workflow.snakemake("--dry-run", "--configfile", workflow.write_config("none.yaml", config), check=False)
+    assert result.returncode != 0 and "sample.prompt_set 'nosuchset': no file" in result.stdout + result.stderr
 
 
 @pytest.mark.skipif(importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,

@@ -1,35 +1,21 @@
 """What a change reruns: each knob reaches exactly the stages whose output it changes.
 
-The fast tests fake a finished run (`snakemake --touch`, which records params like a real run) and
-read the plan of a dry run; the integration tests run the real stages.
+A finished run is faked (`snakemake --touch`, which records params like a real run) and each test
+reads the plan of a dry run; tests/workflow/test_pipeline.py checks the same on real outputs.
 """
 
 import contextlib
-import importlib.util
-import json
-
-import pytest
-
-from conftest import Workflow, copy_workflow
-
-DOWNSTREAM_OF_PACK = {"pack": 1, "cache": 1, "train": 4, "sample": 4, "report": 1, "all": 1}
+import os
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Workflow:
-    workflow = copy_workflow(tmp_path_factory.mktemp("finished"))
-    workflow.fake_complete()
-    return workflow
-
-
-def plan_with(workflow: Workflow, name: str, edit) -> dict[str, int]:
+def plan_with(workflow, name: str, edit) -> dict[str, int]:
     config = workflow.config()
     edit(config)
     return workflow.planned_jobs("--configfile", workflow.write_config(name, config))
 
 
 @contextlib.contextmanager
-def edited_module(workflow: Workflow, relative: str):
+def edited_module(workflow, relative: str):
     """Append a comment to a u1lib module of the copy (creating it if the stage is not written yet)."""
     path = workflow.root / "u1lib" / relative
     original = path.read_bytes() if path.exists() else None
@@ -76,7 +62,7 @@ def test_new_axis_value_trains_only_the_new_variants(finished):
 
 def test_pack_knob_reruns_everything_after_pack_but_the_base_samples(finished):
     plan = plan_with(finished, "val.yaml", lambda config: config["dataset"].update(val_count=3))
-    assert plan == DOWNSTREAM_OF_PACK
+    assert plan == {"pack": 1, "cache": 1, "train": 4, "sample": 4, "report": 1, "all": 1}
 
 
 def test_u1lib_code_changes_rerun_the_stages_that_import_them(finished):
@@ -89,40 +75,28 @@ def test_u1lib_code_changes_rerun_the_stages_that_import_them(finished):
     assert finished.planned_jobs() == {}
 
 
-def stages_exist(*modules: str) -> bool:
-    return all(importlib.util.find_spec(module) is not None for module in modules)
+def test_editing_the_prompt_set_reruns_sample_and_report(finished):
+    prompts = finished.root / "config" / "prompts" / "demo.yaml"
+    original, stat = prompts.read_bytes(), prompts.stat()
+    prompts.write_text(original.decode() + "  - {id: extra, prompt: a green apple}\n")
+    try:
+        assert finished.planned_jobs() == {"sample": 5, "report": 1, "all": 1}
+    finally:
+        prompts.write_bytes(original)
+        os.utime(prompts, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert finished.planned_jobs() == {}
 
 
-@pytest.mark.integration
-@pytest.mark.skipif(not stages_exist("u1lib.hub", "u1lib.data.demo", "u1lib.data.pack"), reason="data stages missing")
-def test_data_stages_run_for_real(workflow):
-    targets = ("results/data/demo/train.parquet", "results/models/tiny/modeling.json")
-    workflow.snakemake("--cores", "2", *targets)
-    stats = json.loads((workflow.workdir / "results/data/demo/stats.json").read_text())
-    assert stats["counts"]["train"] == 6 and stats["counts"]["val"] == 2
-    assert (workflow.workdir / "results/models/tiny/snapshot/model.safetensors").is_file()
-    assert "packed 8 item(s)" in (workflow.workdir / "results/logs/pack/demo.log").read_text()
-    assert workflow.planned_jobs(*targets) == {}
-
-
-@pytest.mark.integration
-@pytest.mark.skipif(not stages_exist("u1lib.cache", "u1lib.train.loop", "u1lib.sample", "u1lib.report"),
-                    reason="cache/train/sample stages not written yet")
-def test_whole_tiny_pipeline_then_a_sampler_change(workflow):
-    workflow.snakemake("--cores", "2")
-    results = workflow.workdir / "results"
-    assert (results / "report.html").stat().st_size > 0
-    variants = json.loads((results / "variants.json").read_text())
-    assert sorted(variants["variants"]) == sorted(
-        ["loss-v_t-logit_normal", "loss-v_t-uniform", "loss-x0_t-logit_normal", "loss-x0_t-uniform"])
-    for name in variants["variants"]:
-        for output in ("adapter.safetensors", "metrics.json", "train_log.jsonl", "val_log.jsonl", "config.json"):
-            assert (results / "runs" / name / output).is_file()
-    assert (results / "runs/base/samples/demo/index.json").is_file()
-
+def test_editing_a_caption_in_a_source_folder_reruns_pack(workflow, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a", "b"):
+        (folder / f"{name}.png").write_bytes(b"not read by a dry run")
+        (folder / f"{name}.txt").write_text(f"caption {name}")
     config = workflow.config()
-    config["sample"]["cfg_scale"] = 2.0
-    changed = workflow.write_config("cfg.yaml", config)
-    assert workflow.planned_jobs("--configfile", changed) == {"sample": 5, "report": 1, "all": 1}
-    workflow.snakemake("--cores", "2", "--configfile", changed)
-    assert workflow.planned_jobs("--configfile", changed) == {}
+    config["dataset"].update(source=str(folder), name="photos")
+    path = workflow.write_config("photos.yaml", config)
+    workflow.fake_complete("--configfile", path)
+    assert workflow.planned_jobs("--configfile", path) == {}
+    (folder / "a.txt").write_text("a longer caption of a")
+    assert workflow.planned_jobs("--configfile", path)["pack"] == 1

@@ -1,0 +1,414 @@
+"""Config validation, grid expansion, code hashes and the named functions the rules call.
+
+Rule files hold no logic: every value a rule needs that is not a plain constant comes from here.
+"""
+
+import ast
+import difflib
+import hashlib
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+# The Snakefile's folder is first on sys.path, so this is the u1lib beside it; the job scripts
+# import that same copy (workflow_scripts/job_setup.py), so the code hashed below is the code that runs.
+import u1lib
+from u1lib.grid import BASE, GridError, apply_overrides, describe
+from u1lib.grid import expand as expand_grid  # Snakemake has its own expand
+from u1lib.io import sha256_file
+
+WORKFLOW_DIR = Path(workflow.basedir)
+
+SCHEMA_PATH = WORKFLOW_DIR / "config" / "schema" / "config.schema.yaml"
+PINS_PATH = WORKFLOW_DIR / "config" / "pins" / "neo_unify.yaml"
+DEMO_CAPTIONS = WORKFLOW_DIR / "config" / "demo_captions.yaml"
+PROMPT_SETS_DIR = WORKFLOW_DIR / "config" / "prompts"
+CONFIG_FILES = [str(path) for path in workflow.config_settings.configfiles] or [
+    str(WORKFLOW_DIR / "config" / "config.yaml")
+]
+SAFE_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+
+
+# ------------------------------------------------------------------ validation
+
+
+def key_path(parts) -> str:
+    """jsonschema's path deque as the user wrote it: train.betas[1]."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return text.lstrip(".") or "(top level)"
+
+
+def config_problems(instance: dict, schema: dict) -> list[str]:
+    """Every schema violation as 'key.path: what is wrong' (validate() stops at the first)."""
+    problems = []
+    for error in jsonschema.Draft202012Validator(schema).iter_errors(instance):
+        missing = re.fullmatch(r"'(.+)' is a required property", error.message)
+        if error.validator == "additionalProperties" and "properties" in error.schema:
+            problems += unknown_keys(error)
+        elif error.validator == "required" and missing:
+            where = key_path([*error.absolute_path, missing[1]])
+            problems.append(f"{where}: missing; the other settings here need it")
+        else:
+            where = key_path(error.absolute_path)
+            problems.append(f"{where}: {error.message}{error_hint(error)}")
+    return sorted(problems)
+
+
+def unknown_keys(error) -> list[str]:
+    """One line per unknown key, with the closest known key or the list of allowed ones."""
+    known = list(error.schema["properties"])
+    lines = []
+    for key in sorted(set(error.instance) - set(known)):
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.7)
+        hint = (
+            f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(known)}"
+        )
+        lines.append(f"{key_path([*error.absolute_path, key])}: unknown key; {hint}")
+    return lines
+
+
+def error_hint(error) -> str:
+    if isinstance(error.instance, str) and re.fullmatch(
+        r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", error.instance
+    ):
+        return " (YAML reads 1e-4 as text: write 1.0e-4)"
+    if error.validator in ("oneOf", "anyOf") and "description" in error.schema:
+        return f" ({error.schema['description']})"
+    return ""
+
+
+def raise_problems(what: str, problems: list[str]) -> None:
+    if problems:
+        raise WorkflowError(f"{what}:\n  " + "\n  ".join(problems))
+
+
+SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
+raise_problems(
+    f"invalid config ({', '.join(CONFIG_FILES)})", config_problems(config, SCHEMA)
+)
+validate(config, str(SCHEMA_PATH))  # fills every default
+
+
+def canonical(value):
+    """Dicts with sorted keys, so a params value does not change when config keys are reordered."""
+    if isinstance(value, dict):
+        return {key: canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [canonical(item) for item in value]
+    return value
+
+
+# ------------------------------------------------------------------ variants
+
+try:
+    VARIANTS = expand_grid(config["grid"], config)
+except GridError as err:
+    raise WorkflowError(f"invalid config ({', '.join(CONFIG_FILES)}): {err}") from None
+TRAINED = [variant.name for variant in VARIANTS]
+SAMPLED = [BASE, *TRAINED]
+VARIANTS_DOC = canonical(describe(VARIANTS))
+
+
+def resolved_configs() -> dict[str, dict]:
+    """Variant name -> the config with its knobs applied (the base model keeps the config as is)."""
+    resolved, problems = {BASE: config}, []
+    for variant in VARIANTS:
+        resolved[variant.name] = apply_overrides(config, variant.knobs)
+        problems += [
+            f"variant {variant.name}: {p}"
+            for p in config_problems(resolved[variant.name], SCHEMA)
+        ]
+    raise_problems(f"invalid grid ({', '.join(CONFIG_FILES)})", problems)
+    return resolved
+
+
+VARIANT_CONFIG = resolved_configs()
+
+
+def prompt_key(prompt: dict) -> str:
+    """Short readable name of the prompt settings: a new trigger or template means a new cache."""
+    digest = hashlib.sha256(json.dumps(canonical(prompt)).encode()).hexdigest()[:8]
+    return f"{prompt['template']}-{digest}"
+
+
+PROMPT_BY_KEY = {
+    prompt_key(c["prompt"]): canonical(c["prompt"]) for c in VARIANT_CONFIG.values()
+}
+
+
+# ------------------------------------------------------------------ prompt set
+
+
+def prompt_set_file(value: str) -> Path:
+    """config/prompts/<value>.yaml, or the YAML file at path ``value``; its name names the folder."""
+    is_path = value.endswith((".yaml", ".yml"))
+    path = Path(value) if is_path else PROMPT_SETS_DIR / f"{value}.yaml"
+    if not path.is_file():
+        raise WorkflowError(f"sample.prompt_set {value!r}: no file {path}")
+    if not re.fullmatch(SAFE_NAME, path.stem):
+        raise WorkflowError(
+            f"sample.prompt_set {value!r}: {path.stem!r} is not a safe folder name"
+        )
+    return path
+
+
+PROMPT_SET_FILE = prompt_set_file(config["sample"]["prompt_set"])
+PROMPT_SET = PROMPT_SET_FILE.stem
+
+
+# ------------------------------------------------------------------ code hashes
+
+# Entry modules of each stage (globs relative to the u1lib package); the hash also covers every
+# u1lib module they import, directly or not, because Snakemake cannot see inside a package.
+STAGE_CODE = {
+    "snapshot": ["hub.py", "tiny.py"],
+    "install_modeling": ["hub.py"],
+    "demo_dataset": ["data/demo.py"],
+    "pack": ["data/pack.py"],
+    "cache": ["cache.py", "gpu_slots.py"],
+    "train": ["train/loop.py", "gpu_slots.py"],
+    "sample": ["sample.py", "gpu_slots.py"],
+    "report": ["report/__init__.py"],
+    "bench": ["bench.py", "gpu_slots.py"],
+}
+PACKAGE_DIR = Path(u1lib.__file__).parent
+
+
+def imported_modules(path: Path) -> set[Path]:
+    """Files of the u1lib modules and packages that ``path`` imports (anywhere in the file)."""
+    dotted = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
+    # where a relative import starts from (for an __init__.py: its own package)
+    package = dotted[:-1]
+    names = []
+    for node in ast.walk(ast.parse(path.read_bytes())):
+        if isinstance(node, ast.Import):
+            names += [alias.name.split(".") for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else ()
+            base = [*base, *(node.module.split(".") if node.module else [])]
+            names += [base, *([*base, alias.name] for alias in node.names)]
+    files = set()
+    for parts in names:
+        if parts and parts[0] == PACKAGE_DIR.name:
+            inner = PACKAGE_DIR.joinpath(*parts[1:])
+            for candidate in (inner.with_suffix(".py"), inner / "__init__.py"):
+                if candidate.is_file():
+                    files.add(candidate)
+    return files
+
+
+def code_files(patterns: list[str]) -> list[Path]:
+    """The stage's entry files, everything they import from u1lib, and the packages around them."""
+    todo = [path for pattern in patterns for path in PACKAGE_DIR.glob(pattern)]
+    seen: set[Path] = set()
+    while todo:
+        path = todo.pop()
+        if path not in seen:
+            seen.add(path)
+            todo += imported_modules(path)
+            todo += [
+                p / "__init__.py"
+                for p in path.parents
+                if PACKAGE_DIR in (p, *p.parents)
+            ]
+    return sorted(path for path in seen if path.is_file())
+
+
+def code_hash(patterns: list[str]) -> str:
+    """sha256 over the bytes of the stage's u1lib files (with their names), shortened."""
+    digest = hashlib.sha256()
+    for path in code_files(patterns):
+        digest.update(
+            f"{path.relative_to(PACKAGE_DIR)}\0{sha256_file(path)}\n".encode()
+        )
+    return digest.hexdigest()[:16]
+
+
+CODE_HASH = {stage: code_hash(patterns) for stage, patterns in STAGE_CODE.items()}
+
+
+# ------------------------------------------------------------------ plain values
+
+
+MODEL = config["model"]["name"]
+DATASET = config["dataset"]["name"]
+GPUS_PER_JOB = config["resources"]["gpus_per_job"]
+GPUS_PER_TRAIN_JOB = config["resources"]["gpus_per_train_job"]
+SNAPSHOT_SETTINGS = canonical(
+    {
+        key: config["model"][key]
+        for key in ("name", "source", "repo_id", "revision", "tiny_seed")
+    }
+)
+PACK_SETTINGS = canonical(
+    {
+        key: config["dataset"][key]
+        for key in ("buckets", "val_count", "split_seed", "strict")
+    }
+)
+CACHE_SETTINGS = canonical(config["cache"])
+BENCH_SETTINGS = canonical(config["bench"])
+
+
+def upstream_checkout() -> dict:
+    """Where git puts upstream's code, and the URL and commit pinned in config/pins/neo_unify.yaml."""
+    pins = yaml.safe_load(PINS_PATH.read_text(encoding="utf-8")) or {}
+    if not (
+        isinstance(pins.get("repo"), str)
+        and re.fullmatch(r"[0-9a-f]{40}", str(pins.get("commit")))
+    ):
+        raise WorkflowError(
+            f"{PINS_PATH}: needs 'repo: owner/name' and 'commit: <40-hex sha>'"
+        )
+    return {
+        "dir": f"results/upstream/{pins['repo'].split('/')[-1]}",
+        "url": f"https://github.com/{pins['repo']}.git",
+        "commit": pins["commit"],
+    }
+
+
+UPSTREAM = upstream_checkout()
+
+
+def git_commit() -> str | None:
+    """Commit of the workflow checkout, for the report's provenance (None outside git)."""
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(WORKFLOW_DIR), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return result.stdout.strip()
+
+
+GIT_COMMIT = git_commit()
+
+
+def one_of(names) -> str:
+    """A wildcard regex that matches exactly these names."""
+    return "|".join(re.escape(name) for name in names)
+
+
+# the train rule must not match the base model's run folder
+TRAINED_RE = one_of(TRAINED)
+
+
+wildcard_constraints:
+    model=one_of([MODEL]),
+    dataset=one_of([DATASET]),
+    variant=one_of(SAMPLED),
+    prompt_key=one_of(PROMPT_BY_KEY),
+    prompt_set=one_of([PROMPT_SET]),
+
+
+# ------------------------------------------------------------------ input and params functions
+
+
+def all_targets(wildcards) -> list[str]:
+    return [
+        rules.report.output.html,
+        rules.install_modeling.output.report.format(model=MODEL),
+    ]
+
+
+def modeling_source(wildcards) -> str | list:
+    """Upstream modeling code to verify: none (no input), the pinned clone, or a checkout."""
+    source = config["model"]["modeling_source"]
+    if source == "none":
+        return []
+    return UPSTREAM["dir"] if source == "git" else source
+
+
+def dataset_source(wildcards) -> str:
+    """The demo folder this workflow writes, or the user's folder / parquet file."""
+    source = config["dataset"]["source"]
+    if source == "demo":
+        return rules.demo_dataset.output.folder.format(dataset=wildcards.dataset)
+    return source
+
+
+def dataset_fingerprint(wildcards) -> str | None:
+    """Names, sizes and mtimes of a source folder's files: Snakemake sees a folder's mtime only,
+    which does not change when a caption is edited in place. None for demo and parquet sources.
+    """
+    source = Path(config["dataset"]["source"])
+    if config["dataset"]["source"] == "demo" or not source.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for entry in sorted(os.scandir(source), key=lambda entry: entry.name):
+        if entry.is_file():
+            stat = entry.stat()
+            digest.update(
+                f"{entry.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
+            )
+    return digest.hexdigest()[:16]
+
+
+def cache_prompt(wildcards) -> dict:
+    return PROMPT_BY_KEY[wildcards.prompt_key]
+
+
+def variant_cache(wildcards) -> str:
+    """The cache built with this variant's prompt settings."""
+    key = prompt_key(VARIANT_CONFIG[wildcards.variant]["prompt"])
+    return rules.cache.output.manifest.format(
+        model=MODEL, dataset=DATASET, prompt_key=key
+    )
+
+
+def upstream_lora(train: dict) -> dict | None:
+    """The engine's form of train.upstream_lora: None when no path is given."""
+    return train["upstream_lora"] if train["upstream_lora"]["path"] else None
+
+
+def train_settings(wildcards) -> dict:
+    train = VARIANT_CONFIG[wildcards.variant]["train"]
+    return canonical({**train, "upstream_lora": upstream_lora(train)})
+
+
+def sample_settings(wildcards) -> dict:
+    """The sample section (less prompt_set, which names the output folder instead) plus the
+    train section's upstream LoRA, which the sampler bakes into the base exactly as training did.
+    """
+    resolved = VARIANT_CONFIG[wildcards.variant]
+    settings = {k: v for k, v in resolved["sample"].items() if k != "prompt_set"}
+    return canonical({**settings, "upstream_lora": upstream_lora(resolved["train"])})
+
+
+def variant_prompt(wildcards) -> dict:
+    return canonical(VARIANT_CONFIG[wildcards.variant]["prompt"])
+
+
+def sample_adapter(wildcards) -> str | list:
+    """The trained adapter; none (no input) for the base model."""
+    if wildcards.variant == BASE:
+        return []
+    return rules.train.output.adapter.format(variant=wildcards.variant)
+
+
+def report_inputs(wildcards) -> dict[str, list[str]]:
+    return {
+        "runs": expand(rules.train.output, variant=TRAINED),
+        "samples": expand(
+            rules.sample.output.index, variant=SAMPLED, prompt_set=PROMPT_SET
+        ),
+    }
+
+
+def run_dirs(wildcards) -> dict[str, str]:
+    return {
+        name: str(Path(rules.train.output.adapter.format(variant=name)).parent)
+        for name in SAMPLED
+    }

@@ -1,0 +1,34 @@
+rule demo_dataset:
+    input:
+        captions=DEMO_CAPTIONS,
+    output:
+        folder=directory("results/data/{dataset}/raw"),
+    log:
+        "results/logs/demo_dataset/{dataset}.log",
+    conda:
+        "../envs/u1.yaml"
+    params:
+        code=CODE_HASH["demo_dataset"],
+    script:
+        "../workflow_scripts/demo_dataset.py"
+
+
+rule pack:
+    input:
+        source=dataset_source,
+    output:
+        train="results/data/{dataset}/train.parquet",
+        val="results/data/{dataset}/val.parquet",
+        stats="results/data/{dataset}/stats.json",
+    log:
+        "results/logs/pack/{dataset}.log",
+    benchmark:
+        "results/benchmarks/pack/{dataset}.tsv"
+    conda:
+        "../envs/u1.yaml"
+    params:
+        settings=PACK_SETTINGS,
+        fingerprint=dataset_fingerprint,
+        code=CODE_HASH["pack"],
+    script:
+        "../workflow_scripts/pack.py"

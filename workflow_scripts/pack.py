@@ -1,0 +1,22 @@
+"""Rule pack: a folder or parquet file of captioned images -> train/val parquet + stats.json."""
+
+from pathlib import Path
+
+from job_setup import start_job
+
+start_job(snakemake.log[0])
+
+from u1lib.data.buckets import BucketSpec  # noqa: E402
+from u1lib.data.pack import pack_folder, pack_parquet  # noqa: E402
+
+settings = snakemake.params.settings
+source = Path(snakemake.input.source)
+pack = pack_parquet if source.suffix == ".parquet" else pack_folder
+pack(
+    source,
+    Path(snakemake.output.train).parent,
+    buckets=BucketSpec.from_dict(settings["buckets"]),
+    val_count=settings["val_count"],
+    split_seed=settings["split_seed"],
+    strict=settings["strict"],
+)

@@ -1,0 +1,24 @@
+"""Rule sample: one variant's images (the base model has no adapter) for every prompt and seed."""
+
+from pathlib import Path
+
+from job_setup import start_job
+
+start_job(snakemake.log[0])
+
+from u1lib.gpu_slots import claim_gpus  # noqa: E402
+from u1lib.sample import load_prompts, sample_variant  # noqa: E402
+
+manifest = Path(snakemake.input.manifest)
+with claim_gpus(snakemake.resources.gpu):
+    sample_variant(
+        snapshot_dir=manifest.with_name("snapshot"),
+        manifest_path=manifest,
+        adapter=Path(snakemake.input.adapter) if snakemake.input.adapter else None,
+        prompts=load_prompts(Path(snakemake.input.prompts)),
+        settings=snakemake.params.settings,
+        prompt=snakemake.params.prompt,
+        out_dir=Path(snakemake.output.index).parent,
+        variant=snakemake.wildcards.variant,
+        prompt_set=snakemake.wildcards.prompt_set,
+    )
