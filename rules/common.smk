@@ -23,6 +23,7 @@ import u1lib
 from u1lib.grid import BASE, GridError, apply_overrides, describe
 from u1lib.grid import expand as expand_grid  # Snakemake has its own expand
 from u1lib.io import sha256_file
+from u1lib.provenance import git_commit
 
 WORKFLOW_DIR = Path(workflow.basedir)
 
@@ -279,21 +280,7 @@ def upstream_checkout() -> dict:
 UPSTREAM = upstream_checkout()
 
 
-def git_commit() -> str | None:
-    """Commit of the workflow checkout, for the report's provenance (None outside git)."""
-    try:
-        result = subprocess.run(
-            ["git", "-C", str(WORKFLOW_DIR), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return result.stdout.strip()
-
-
-GIT_COMMIT = git_commit()
+GIT_COMMIT = git_commit(WORKFLOW_DIR)  # for the report's provenance
 
 
 def one_of(names) -> str:

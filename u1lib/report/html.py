@@ -29,7 +29,7 @@ table.provenance td { font-family: ui-monospace, "DejaVu Sans Mono", monospace; 
 .figures figure { margin: 0; flex: 1 1 560px; max-width: 720px; }
 .figures img { width: 100%; height: auto; border: 1px solid #ddd; }
 .sheet { overflow-x: auto; }
-.sheet img { border: 1px solid #ddd; }
+.sheet img { border: 1px solid #ddd; max-width: 100%; height: auto; }
 .notes { background: #fff6d6; border: 1px solid #e0c060; padding: 8px 16px; }
 .empty { color: #777; font-style: italic; }
 """

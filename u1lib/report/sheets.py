@@ -46,6 +46,9 @@ def _thumbnail(path: Path | None) -> tuple[Image.Image | None, str]:
             image = image.convert("RGB")
     except (UnidentifiedImageError, OSError) as err:
         return None, f"{path} unreadable ({err})"
+    scale = CELL // max(image.size)
+    if scale > 1:  # small samples (the tiny model's) are enlarged with visible pixels, not blurred
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
     image.thumbnail((CELL, CELL))
     return image, ""
 

@@ -30,7 +30,8 @@ from ..model.u1 import PrefixKV, U1Model
 from ..prefix import UNCOND_ID, PrefixEncoder
 from . import checkpoint as ckpt
 from .distributed import init_from_env
-from .metrics import THistogram, device_name, git_commit, peak_gpu_bytes, peak_host_rss_bytes, versions
+from ..provenance import git_commit, versions
+from .metrics import THistogram, device_name, peak_gpu_bytes, peak_host_rss_bytes
 from .objectives import flow_loss
 from .settings import TrainSettings
 from .timesteps import sample_t

@@ -1,18 +1,12 @@
-"""Run records: peak memory, environment, and the t histogram the report plots."""
+"""Run records: peak memory, device, and the t histogram the report plots."""
 
 from __future__ import annotations
 
 import platform
 import resource
-import subprocess
 import sys
-from importlib import metadata
-from pathlib import Path
 
 import torch
-
-PACKAGES = ("torch", "safetensors", "transformers", "pyarrow", "pillow", "snakemake", "numpy")
-
 
 def peak_host_rss_bytes() -> int:
     """Peak resident set size of this process (Linux reports KiB)."""
@@ -28,26 +22,6 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
-
-
-def git_commit(cwd: Path | None = None) -> str:
-    """The commit of the checkout u1lib runs from (not of the working directory)."""
-    cwd = cwd or Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
 
 
 class THistogram:
