@@ -58,14 +58,15 @@ def _with_nonzero_lora(model):
     return model
 
 
-@pytest.mark.parametrize("slots", [2, 3])
-def test_swap_mode_equals_resident(slots):
+@pytest.mark.parametrize("slots,keep_attention", [(2, False), (3, False), (2, True)])
+def test_swap_mode_equals_resident(slots, keep_attention):
     cfg = small_config()
     resident = random_model(cfg, ["gen", "fm"], device=CUDA, dtype=torch.bfloat16)
     make_trainable(resident, "default")
     _with_nonzero_lora(resident)
     resident.checkpoint_layers = frozenset(range(cfg.num_hidden_layers))
     swapped = copy.deepcopy(resident)
+    swapped.keep_attention = keep_attention
     enable_swap(swapped, slots=slots)
     batch = _batch(cfg, [40, 33])
     want_loss, want = _step(resident, batch, autocast=True)
@@ -75,7 +76,7 @@ def test_swap_mode_equals_resident(slots):
         assert grads.keys() == want.keys()
         assert max(_rel(grads[k], want[k]) for k in want) < 2e-2  # flash backward accumulates dQ atomically
     images, prefix, t, _ = batch
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         for _ in range(2):
             got = swapped.denoise(images, t, prefix, 2.0)[0]
             torch.testing.assert_close(got, resident.denoise(images, t, prefix, 2.0)[0], rtol=0, atol=0)

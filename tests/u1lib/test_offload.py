@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from u1lib.lora.adapter import wrap
 from u1lib.lora.spec import resolve_spec
@@ -71,6 +72,34 @@ def test_swap_training_step_equals_resident(five_layer_model, layers, slots):
     with torch.no_grad():
         for _ in range(2):
             assert torch.equal(swapped.denoise(images, t, prefix, 2.0)[0], resident.denoise(images, t, prefix, 2.0)[0])
+
+
+class _CountAttention(TorchDispatchMode):
+    """Counts attention kernels that actually run (a kept output is served without reaching this mode)."""
+
+    calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += "scaled_dot_product" in func.name() and "backward" not in func.name()
+        return func(*args, **(kwargs or {}))
+
+
+def test_keep_attention_skips_the_attention_recompute(five_layer_model):
+    full = _trainable(copy.deepcopy(five_layer_model))
+    full.checkpoint_layers = frozenset(range(len(full.layers)))
+    selective = copy.deepcopy(full)
+    selective.keep_attention = True
+    batch = _batch(full)
+    counted = {}
+    for name, model in (("full", full), ("selective", selective)):
+        model.zero_grad(set_to_none=True)
+        loss = flow_loss(model, *batch).loss
+        with _CountAttention() as counter:
+            loss.backward()
+        counted[name] = (loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}, counter.calls)
+    (want_loss, want, recomputed), (loss, grads, kept) = counted["full"], counted["selective"]
+    assert torch.equal(loss, want_loss) and all(torch.equal(grads[k], want[k]) for k in want)
+    assert recomputed >= len(full.layers) and kept == 0
 
 
 def test_swap_weights_leave_the_layer_and_come_back(golden_model):

@@ -18,7 +18,7 @@ SUFFIX = {"und": "", "gen": "_mot_gen"}
 
 
 class RMSNorm(nn.Module):
-    """Qwen3 RMSNorm: normalise in float32, cast back, then scale."""
+    """Qwen3 RMSNorm: normalise in float32, cast back, then scale (one fused kernel for the first part)."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -26,9 +26,16 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        return self.weight * normalize(x, self.eps)
+
+
+def normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x * rsqrt(mean(x^2) + eps) over the last dim, returned in x's dtype.
+
+    rms_norm accumulates reduced-precision inputs in float32 and rounds once, which is upstream's
+    upcast-normalise-cast without materialising a float32 copy.
+    """
+    return F.rms_norm(x, (x.shape[-1],), eps=eps).to(x.dtype)
 
 
 class MLP(nn.Module):
@@ -42,19 +49,30 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-def attend(q, k, v, *, causal: bool = False, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """SDPA with grouped KV heads (query head h reads KV head h // groups).
+def attend(q, k, v, *, causal: bool = False) -> torch.Tensor:
+    """SDPA with grouped KV heads (query head h reads KV head h // groups), no mask: the flash path."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=q.shape[1] != k.shape[1])
 
-    Without a mask the fused GQA path runs; with a padding mask the KV heads are expanded, since not
-    every SDPA kernel accepts both.
+
+Runs = list[tuple[int, int, int]]  # (first row, end row, prefix length) of rows sharing one prefix length
+
+
+def attend_prefixed(q, k, v, prefix_k, prefix_v, runs: Runs | None) -> torch.Tensor:
+    """Image queries over [prefix K/V ; own K/V], with no padding mask.
+
+    Rows whose prefixes are right-padded are attended in runs of equal prefix length, each run's
+    prefix trimmed to its length, so every call stays on the unmasked (flash) kernel; ``runs`` None
+    means every row's prefix fills the full width.
     """
-    groups = q.shape[1] // k.shape[1]
-    if key_mask is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=groups > 1)
-    if groups > 1:
-        k = k.repeat_interleave(groups, dim=1)
-        v = v.repeat_interleave(groups, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, is_causal=causal)
+    if runs is None:
+        return attend(q, torch.cat((prefix_k.to(k.dtype), k), dim=2), torch.cat((prefix_v.to(v.dtype), v), dim=2))
+    parts = []
+    for first, end, length in runs:
+        rows = slice(first, end)
+        keys = torch.cat((prefix_k[rows, :, :length].to(k.dtype), k[rows]), dim=2)
+        values = torch.cat((prefix_v[rows, :, :length].to(v.dtype), v[rows]), dim=2)
+        parts.append(attend(q[rows], keys, values))
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 class TwinAttention(nn.Module):
@@ -64,6 +82,7 @@ class TwinAttention(nn.Module):
         super().__init__()
         h, d = cfg.hidden_size, cfg.head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, d
+        self.eps = cfg.rms_norm_eps
         for sfx in SUFFIX.values():
             setattr(self, f"q_proj{sfx}", nn.Linear(h, self.num_heads * d, bias=False))
             setattr(self, f"k_proj{sfx}", nn.Linear(h, self.num_kv_heads * d, bias=False))
@@ -76,12 +95,11 @@ class TwinAttention(nn.Module):
         return getattr(self, name + SUFFIX[tower])
 
     def _normed_heads(self, x, which: str, heads: int, tower: str, angles: AxisAngles) -> torch.Tensor:
+        """Project, RMS-normalise each half of each head with its own weight (t half, hw half), rotate."""
         b, s, _ = x.shape
-        x = self._part(f"{which}_proj", tower)(x).view(b, s, heads, self.head_dim)
-        half = self.head_dim // 2
-        t_part = self._part(f"{which}_norm", tower)(x[..., :half])
-        hw_part = self._part(f"{which}_norm_hw", tower)(x[..., half:])
-        x = torch.cat((t_part, hw_part), dim=-1).transpose(1, 2)  # [B, heads, S, D]
+        x = self._part(f"{which}_proj", tower)(x).view(b, s, heads, 2, self.head_dim // 2)
+        weight = torch.stack((self._part(f"{which}_norm", tower).weight, self._part(f"{which}_norm_hw", tower).weight))
+        x = (weight * normalize(x, self.eps)).view(b, s, heads, self.head_dim).transpose(1, 2)  # [B, heads, S, D]
         return angles.rotate(x)
 
     def qkv(self, x: torch.Tensor, tower: str, angles: AxisAngles):
@@ -118,10 +136,15 @@ class DecoderLayer(nn.Module):
         h = h + self.self_attn.output(attend(q, k, v, causal=True), "und")
         return self._mlp_block(h, "und"), k, v
 
-    def forward_gen(self, h, angles: AxisAngles, prefix_k, prefix_v, key_mask=None) -> torch.Tensor:
+    def gen_qkv(self, h: torch.Tensor, angles: AxisAngles):
+        """Generation tower up to attention: normed, projected, q/k-normed and rotated heads."""
+        return self.self_attn.qkv(self.input_layernorm_mot_gen(h), "gen", angles)
+
+    def gen_out(self, h: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """Generation tower after attention: o_proj + residual, then the MLP block."""
+        return self._mlp_block(h + self.self_attn.output(attn, "gen"), "gen")
+
+    def forward_gen(self, h, angles: AxisAngles, prefix_k, prefix_v, runs: Runs | None = None) -> torch.Tensor:
         """Image tokens attend to [prefix K/V ; their own K/V] with no causal mask."""
-        q, k, v = self.self_attn.qkv(self.input_layernorm_mot_gen(h), "gen", angles)
-        k = torch.cat((prefix_k.to(k.dtype), k), dim=2)
-        v = torch.cat((prefix_v.to(v.dtype), v), dim=2)
-        h = h + self.self_attn.output(attend(q, k, v, key_mask=key_mask), "gen")
-        return self._mlp_block(h, "gen")
+        q, k, v = self.gen_qkv(h, angles)
+        return self.gen_out(h, attend_prefixed(q, k, v, prefix_k, prefix_v, runs))

@@ -94,6 +94,6 @@ def euler_sample(
             v_cond, v_uncond = v, None
         if observer is not None:
             observer(i, z[:b], v_cond, v_uncond)
-        z = z[:b] + (grid[i + 1] - grid[i]).to(x.device) * v  # float32 step, as upstream
+        z = z[:b] + (grid[i + 1] - grid[i]) * v  # float32 step, as upstream; a 0-dim CPU scalar needs no sync
         x = unpatchify(z, p, height, width)
     return x

@@ -6,16 +6,17 @@ pass that yields per-layer K/V, and generation passes whose image tokens attend 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from .config import U1Config
 from .embedders import TimestepEmbedder, VisionModel, fm_head, patchify
-from .layers import DecoderLayer, RMSNorm
+from .layers import DecoderLayer, RMSNorm, Runs
 from .rope import AxisAngles
 
 
@@ -26,19 +27,28 @@ class PrefixKV:
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     lengths: torch.Tensor  # [B] int64
+    _runs: Runs | None = field(default=None, init=False, repr=False, compare=False)
+    _runs_known: bool = field(default=False, init=False, repr=False, compare=False)
 
     @property
     def batch_size(self) -> int:
         return self.lengths.shape[0]
 
-    def key_mask(self, extra: int) -> torch.Tensor | None:
-        """Boolean [B, 1, 1, L + extra] (True = attend) when rows are padded, else None."""
-        width = self.keys[0].shape[2]
-        if bool((self.lengths == width).all()):
-            return None
-        positions = torch.arange(width + extra, device=self.lengths.device)
-        valid = (positions[None] < self.lengths[:, None]) | (positions[None] >= width)
-        return valid[:, None, None, :].to(self.keys[0].device)
+    def runs(self) -> Runs | None:
+        """(first row, end row, length) for consecutive rows of one prefix length; None if no row is padded.
+
+        Read once per PrefixKV (the only host sync a generation pass needs), then reused at every step.
+        """
+        if not self._runs_known:
+            width, runs = self.keys[0].shape[2], []
+            for row, n in enumerate(self.lengths.tolist()):
+                if runs and runs[-1][2] == n:
+                    runs[-1] = (runs[-1][0], row + 1, n)
+                else:
+                    runs.append((row, row + 1, n))
+            self._runs = None if all(n == width for _, _, n in runs) else runs
+            self._runs_known = True
+        return self._runs
 
     def repeat(self, times: int) -> "PrefixKV":
         """Each row repeated ``times`` times in place (row order a, a, b, b)."""
@@ -72,6 +82,18 @@ class PrefixKV:
             [v[index : index + 1, :, :n] for v in self.values],
             self.lengths[index : index + 1],
         )
+
+
+_ATTENTION_OPS = frozenset(
+    getattr(torch.ops.aten, name).default
+    for name in ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention",
+                 "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu")
+)  # fmt: skip
+
+
+def _keep_attention(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    """Selective checkpointing: keep each attention kernel's output (and log-sum-exp), recompute the rest."""
+    return CheckpointPolicy.MUST_SAVE if op in _ATTENTION_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
 def text_indexes(batch: int, length: int, device) -> torch.Tensor:
@@ -111,7 +133,10 @@ class LanguageModel(nn.Module):
 class U1Model(nn.Module):
     """Module tree and parameter names as upstream's NEOChatModel; forward split by tower.
 
-    ``checkpoint_layers`` lists generation layers whose activations are recomputed in backward.
+    ``checkpoint_layers`` lists generation layers whose activations are recomputed in backward;
+    with ``keep_attention`` their attention outputs are kept instead (one [S, hidden] tensor per
+    layer) so the recompute skips the attention kernel; ``layer_streamer`` (set by :func:`u1lib.model.offload.enable_swap`) brings streamed layers' weights
+    to the device around each call.
     """
 
     def __init__(self, cfg: U1Config):
@@ -128,14 +153,37 @@ class U1Model(nn.Module):
             fm["noise_scale_embedder"] = TimestepEmbedder(cfg)
         self.fm_modules = nn.ModuleDict(fm)
         self.checkpoint_layers: frozenset[int] = frozenset()
+        self.keep_attention = False
+        self.layer_streamer = None
+
+    def compile_layers(self, **options) -> None:
+        """torch.compile each layer's prefix step and its generation step minus attention (CUDA speed).
+
+        One compiled graph serves every layer (modules are inlined, parameters are graph inputs);
+        attention stays eager, so prefix lengths and row runs never trigger a recompile.
+        """
+        und = torch.compile(DecoderLayer.forward_und, **options)
+        qkv = torch.compile(DecoderLayer.gen_qkv, **options)
+        out = torch.compile(DecoderLayer.gen_out, **options)
+        for layer in self.layers:
+            layer.forward_und = functools.partial(und, layer)
+            layer.gen_qkv = functools.partial(qkv, layer)
+            layer.gen_out = functools.partial(out, layer)
 
     @property
     def layers(self) -> nn.ModuleList:
         return self.language_model.model.layers
 
-    def _angles(self, indexes: torch.Tensor) -> AxisAngles:
-        cfg = self.config
-        return AxisAngles(indexes, cfg.head_dim, cfg.rope_theta, cfg.rope_theta_hw)
+    def _angles(self, indexes: torch.Tensor, hidden: torch.Tensor) -> AxisAngles:
+        """RoPE tables in the dtype the projections will produce from ``hidden`` (autocast's, if on)."""
+        cfg, kind = self.config, hidden.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else hidden.dtype
+        return AxisAngles(indexes, cfg.head_dim, cfg.rope_theta, cfg.rope_theta_hw, dtype)
+
+    def _checkpoint_options(self) -> dict:
+        if not self.keep_attention:
+            return {}
+        return {"context_fn": functools.partial(create_selective_checkpoint_contexts, _keep_attention)}
 
     # understanding path -------------------------------------------------------------------
     def prefix(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None, *, final_norm: bool = False):
@@ -146,8 +194,8 @@ class U1Model(nn.Module):
         b, length = input_ids.shape
         if lengths is None:
             lengths = torch.full((b,), length, dtype=torch.long, device=input_ids.device)
-        angles = self._angles(text_indexes(b, length, input_ids.device))
         h = self.language_model.model.embed_tokens(input_ids)
+        angles = self._angles(text_indexes(b, length, input_ids.device), h)
         keys, values = [], []
         for layer in self.layers:
             h, k, v = layer.forward_und(h, angles)
@@ -173,15 +221,16 @@ class U1Model(nn.Module):
 
         ``taps``, when given, receives each layer's output and the final normed hidden (parity checks).
         """
-        angles = self._angles(image_indexes(prefix.lengths, token_h, token_w))
-        key_mask = prefix.key_mask(extra=embeds.shape[1])
+        angles = self._angles(image_indexes(prefix.lengths, token_h, token_w), embeds)
+        runs = prefix.runs()
         h = embeds
         for i, layer in enumerate(self.layers):
-            args = (h, angles, prefix.keys[i], prefix.values[i], key_mask)
+            run = layer.forward_gen if self.layer_streamer is None else self.layer_streamer.call(i, layer.forward_gen)
+            args = (h, angles, prefix.keys[i], prefix.values[i], runs)
             if i in self.checkpoint_layers and torch.is_grad_enabled():
-                h = checkpoint(layer.forward_gen, *args, use_reentrant=False)
+                h = checkpoint(run, *args, use_reentrant=False, **self._checkpoint_options())
             else:
-                h = layer.forward_gen(*args)
+                h = run(*args)
             if taps is not None:
                 taps[f"layer{i}.out"] = h
         h = self.language_model.model.norm_mot_gen(h)
