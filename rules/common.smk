@@ -175,9 +175,9 @@ STAGE_CODE = {
     "demo_dataset": ["data/demo.py"],
     "pack": ["data/pack.py"],
     "cache": ["cache.py", "gpu_slots.py"],
-    "train": ["train/loop.py", "gpu_slots.py"],
+    "train": ["train/launch.py", "gpu_slots.py"],
     "sample": ["sample.py", "gpu_slots.py"],
-    "report": ["report/__init__.py"],
+    "report": ["report/__init__.py", "provenance.py"],
     "bench": ["bench.py", "gpu_slots.py"],
 }
 PACKAGE_DIR = Path(u1lib.__file__).parent

@@ -1,4 +1,4 @@
-"""Rule train: one variant's LoRA; resumable state stays in the undeclared checkpoints/ folder."""
+"""Rule train: one variant's LoRA (torchrun when given several GPUs); resumable state stays in checkpoints/."""
 
 from pathlib import Path
 
@@ -7,12 +7,13 @@ from job_setup import start_job
 start_job(snakemake.log[0])
 
 from u1lib.gpu_slots import claim_gpus  # noqa: E402
-from u1lib.train.loop import train  # noqa: E402
+from u1lib.train.launch import run_training  # noqa: E402
 
 manifest = Path(snakemake.input.manifest)
 with claim_gpus(snakemake.resources.gpu):
-    train(
+    run_training(
         snakemake.params.settings,
+        gpus=snakemake.resources.gpu,
         snapshot_dir=manifest.with_name("snapshot"),
         manifest_path=manifest,
         train_parquet=Path(snakemake.input.train),

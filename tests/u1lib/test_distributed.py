@@ -14,10 +14,16 @@ import pytest
 import yaml
 
 from u1lib.io import read_jsonl
+from u1lib.train.launch import run_training
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = {"steps": 4, "batch_size": 2, "lr": 2e-3, "lora": "attn=r4a4", "val_every": 2, "ckpt_every": 2,
             "val_max_items": 2, "log_every": 100, "cond_dropout": 0.5}  # fmt: skip
+
+
+def _paths(ws) -> dict:
+    keys = ("snapshot_dir", "manifest_path", "train_parquet", "val_parquet", "cache_dir")
+    return {k: ws[k] for k in keys}
 
 
 def _free_port() -> int:
@@ -41,7 +47,7 @@ def _launch(ws, run_dir: Path, nproc: int, settings: dict):
 @pytest.mark.integration
 def test_two_ranks_match_one_process_and_resume_on_one(tiny_workspace, tmp_path):
     _launch(tiny_workspace, tmp_path / "one", 1, SETTINGS)
-    _launch(tiny_workspace, tmp_path / "two", 2, SETTINGS)
+    run_training(SETTINGS, gpus=2, run_dir=tmp_path / "two", **_paths(tiny_workspace))  # what the train rule does
     one, two = (read_jsonl(tmp_path / name / "train_log.jsonl") for name in ("one", "two"))
     assert [r["step"] for r in two] == [1, 2, 3, 4]
     for a, b in zip(one, two):

@@ -1,0 +1,36 @@
+"""Run one training job on the GPUs it was given: in this process for one, through torchrun for more."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from ..io import write_text
+from .loop import train
+
+
+def run_training(settings: dict, *, gpus: int, snapshot_dir, manifest_path, train_parquet, val_parquet, cache_dir,
+                 run_dir, prompt=None) -> None:  # fmt: skip
+    """``gpus`` > 1 starts one data-parallel rank per GPU (torchrun --standalone) on the same run folder."""
+    paths = dict(snapshot_dir=snapshot_dir, manifest_path=manifest_path, train_parquet=train_parquet,
+                 val_parquet=val_parquet, cache_dir=cache_dir, run_dir=run_dir)  # fmt: skip
+    if gpus <= 1:
+        train(settings, prompt=prompt, **paths)
+        return
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = run_dir / "launch.yaml"
+    write_text(config, yaml.safe_dump({"train": settings, "prompt": prompt or {}}, sort_keys=True))
+    flags = {"--snapshot": snapshot_dir, "--manifest": manifest_path, "--train-data": train_parquet,
+             "--val-data": val_parquet, "--cache": cache_dir, "--run-dir": run_dir}  # fmt: skip
+    args = [str(a) for flag, value in flags.items() if value is not None for a in (flag, value)]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
+    package_root = str(Path(__file__).resolve().parents[2])  # ranks import this same u1lib
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([*launcher, "-m", "u1lib", "train", str(config), *args], env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"torchrun with {gpus} ranks failed (exit {done.returncode}); see the log above")
