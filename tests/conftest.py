@@ -44,13 +44,13 @@ def tiny_workspace(tmp_path_factory):
     from u1lib.cache import build_cache
     from u1lib.data.buckets import BucketSpec
     from u1lib.data.demo import write_demo_folder
-    from u1lib.data.pack import pack_folder
+    from u1lib.data.pack import pack
     from u1lib.hub import snapshot_tiny
 
     root = tmp_path_factory.mktemp("tiny")
     snapshot_tiny(root / "snapshot", root / "manifest.json", seed=0)
     write_demo_folder(Path(__file__).parents[1] / "config" / "demo_captions.yaml", root / "raw")
-    pack_folder(root / "raw", root / "data", buckets=BucketSpec(kind="area", area=64 * 64, token_size=8), val_count=2)
+    pack(root / "raw", root / "data", buckets=BucketSpec(kind="area", area=64 * 64, token_size=8), val_count=2)
     data = [root / "data" / "train.parquet", root / "data" / "val.parquet"]
     build_cache(root / "snapshot", root / "manifest.json", data, root / "cache")
     return {

@@ -7,13 +7,11 @@ from job_setup import start_job
 start_job(snakemake.log[0])
 
 from u1lib.data.buckets import BucketSpec  # noqa: E402
-from u1lib.data.pack import pack_folder, pack_parquet  # noqa: E402
+from u1lib.data.pack import pack  # noqa: E402
 
 settings = snakemake.params.settings
-source = Path(snakemake.input.source)
-pack = pack_parquet if source.suffix == ".parquet" else pack_folder
 pack(
-    source,
+    Path(snakemake.input.source),
     Path(snakemake.output.train).parent,
     buckets=BucketSpec.from_dict(settings["buckets"]),
     val_count=settings["val_count"],

@@ -6,7 +6,7 @@ from PIL import Image
 from u1lib.data import demo
 from u1lib.data.buckets import BucketSpec
 from u1lib.data.demo import load_demo_captions, skimage_data_dir, write_demo_folder
-from u1lib.data.pack import pack_folder
+from u1lib.data.pack import pack
 
 CAPTIONS = Path(__file__).resolve().parents[2] / "config" / "demo_captions.yaml"
 
@@ -29,7 +29,7 @@ def test_demo_folder_packs_without_a_skipped_item(tmp_path):
         written = (tmp_path / "demo" / f"{Path(name).stem}.txt").read_text(encoding="utf-8")
         assert written == " ".join(caption.split()) + "\n"
     write_demo_folder(CAPTIONS, tmp_path / "demo")  # rewriting the same set is fine
-    stats = pack_folder(tmp_path / "demo", tmp_path / "packed", buckets=BucketSpec("area", 64 * 64, 8), val_count=1)
+    stats = pack(tmp_path / "demo", tmp_path / "packed", buckets=BucketSpec("area", 64 * 64, 8), val_count=1)
     assert stats["counts"]["usable"] == len(captions) and stats["skipped"] == []
 
 

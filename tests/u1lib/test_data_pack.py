@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from u1lib.data.buckets import BucketSpec
-from u1lib.data.pack import ROW_GROUP_SIZE, PackError, cli, inspect_data, pack_folder, pack_parquet, split_validation
+from u1lib.data.pack import ROW_GROUP_SIZE, PackError, cli, inspect_data, pack, split_validation
 from u1lib.data.schema import PACKED_SCHEMA
 from u1lib.data.sources import SourceError
 
@@ -47,7 +47,7 @@ def read_rows(path: Path) -> list[dict]:
 def test_pack_folder_writes_the_documented_schema(tmp_path):
     src = make_folder(tmp_path / "src")
     (src / "item00.txt").write_text("a cat\n---think---\nwhy a cat\n", encoding="utf-8")
-    stats = pack_folder(src, tmp_path / "out", buckets=SPEC, val_count=2)
+    stats = pack(src, tmp_path / "out", buckets=SPEC, val_count=2)
     for name in ("train.parquet", "val.parquet"):
         assert pq.read_schema(tmp_path / "out" / name).equals(PACKED_SCHEMA)
     rows = read_rows(tmp_path / "out" / "train.parquet") + read_rows(tmp_path / "out" / "val.parquet")
@@ -70,15 +70,15 @@ def test_pack_folder_writes_the_documented_schema(tmp_path):
 
 def test_repacking_gives_byte_identical_parquet(tmp_path):
     src = make_folder(tmp_path / "src")
-    pack_folder(src, tmp_path / "a", buckets=SPEC, val_count=1)
+    pack(src, tmp_path / "a", buckets=SPEC, val_count=1)
     copy = make_folder(tmp_path / "copy")  # same content, other folder, files written again
-    pack_folder(copy, tmp_path / "b", buckets=SPEC, val_count=1)
+    pack(copy, tmp_path / "b", buckets=SPEC, val_count=1)
     for name in ("train.parquet", "val.parquet"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
 def test_rows_go_in_small_row_groups(tmp_path):
-    pack_folder(make_folder(tmp_path / "src", count=ROW_GROUP_SIZE + 4), tmp_path / "out", buckets=SPEC)
+    pack(make_folder(tmp_path / "src", count=ROW_GROUP_SIZE + 4), tmp_path / "out", buckets=SPEC)
     metadata = pq.ParquetFile(tmp_path / "out" / "train.parquet").metadata
     assert [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)] == [ROW_GROUP_SIZE, 4]
 
@@ -108,8 +108,8 @@ def source_records(count: int = 6) -> list[dict]:
 
 def test_parquet_source_output_does_not_depend_on_row_order(tmp_path):
     records = source_records()
-    pack_parquet(parquet_source(tmp_path / "a.parquet", records), tmp_path / "a", buckets=SPEC, val_count=2)
-    pack_parquet(parquet_source(tmp_path / "b.parquet", records[::-1]), tmp_path / "b", buckets=SPEC, val_count=2)
+    pack(parquet_source(tmp_path / "a.parquet", records), tmp_path / "a", buckets=SPEC, val_count=2)
+    pack(parquet_source(tmp_path / "b.parquet", records[::-1]), tmp_path / "b", buckets=SPEC, val_count=2)
     for name in ("train.parquet", "val.parquet"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     rows = read_rows(tmp_path / "a" / "train.parquet") + read_rows(tmp_path / "a" / "val.parquet")
@@ -119,7 +119,7 @@ def test_parquet_source_output_does_not_depend_on_row_order(tmp_path):
 def test_parquet_source_duplicates_are_all_skipped(tmp_path):
     records = source_records(4)
     records[3]["sample_id"] = "p1"
-    stats = pack_parquet(parquet_source(tmp_path / "s.parquet", records), tmp_path / "out", buckets=SPEC)
+    stats = pack(parquet_source(tmp_path / "s.parquet", records), tmp_path / "out", buckets=SPEC)
     assert [r["sample_id"] for r in read_rows(tmp_path / "out" / "train.parquet")] == ["p0", "p2"]
     assert [(s["file"], s["reason"]) for s in stats["skipped"]] == [
         ("s.parquet row 1", "duplicate id"),
@@ -130,7 +130,7 @@ def test_parquet_source_duplicates_are_all_skipped(tmp_path):
 def test_parquet_source_with_wrong_schema_names_the_columns(tmp_path):
     path = parquet_source(tmp_path / "bad.parquet", [{"sample_id": "x", "caption": 5, "picture": b"..."}])
     with pytest.raises(SourceError) as caught:
-        pack_parquet(path, tmp_path / "out", buckets=SPEC)
+        pack(path, tmp_path / "out", buckets=SPEC)
     message = str(caught.value)
     assert "missing column 'image'" in message and "column 'caption' has type int64, expected string" in message
     assert not (tmp_path / "out" / "train.parquet").exists()
@@ -139,7 +139,7 @@ def test_parquet_source_with_wrong_schema_names_the_columns(tmp_path):
 def test_not_a_parquet_file(tmp_path):
     (tmp_path / "x.parquet").write_bytes(b"hello")
     with pytest.raises(ValueError, match="not a readable parquet file"):
-        pack_parquet(tmp_path / "x.parquet", tmp_path / "out", buckets=SPEC)
+        pack(tmp_path / "x.parquet", tmp_path / "out", buckets=SPEC)
 
 
 def add_bad_items(src: Path) -> dict[str, str]:
@@ -177,7 +177,7 @@ def test_bad_items_are_skipped_with_reasons(tmp_path, capsys):
     src = make_folder(tmp_path / "src", count=3)
     expected = add_bad_items(src)
     (src / "notes.md").write_text("not data")
-    stats = pack_folder(src, tmp_path / "out", buckets=SPEC)
+    stats = pack(src, tmp_path / "out", buckets=SPEC)
     assert {s["file"]: s["reason"] for s in stats["skipped"]} == expected
     assert stats["counts"]["usable"] == 3 and stats["ignored_files"] == ["notes.md"]
     latin1 = next(s for s in stats["skipped"] if s["file"] == "latin1.jpg")
@@ -194,7 +194,7 @@ def test_strict_mode_lists_every_bad_item_and_writes_nothing(tmp_path):
     src = make_folder(tmp_path / "src", count=3)
     expected = add_bad_items(src)
     with pytest.raises(PackError) as caught:
-        pack_folder(src, tmp_path / "out", buckets=SPEC, strict=True)
+        pack(src, tmp_path / "out", buckets=SPEC, strict=True)
     for file, reason in expected.items():
         assert f"{file}: {reason}" in str(caught.value)
     assert sorted(os.listdir(tmp_path / "out")) == []
@@ -206,17 +206,17 @@ def test_no_usable_item_is_an_error(tmp_path):
     (src / "a.jpg").write_bytes(b"not an image")
     (src / "a.txt").write_text("a")
     with pytest.raises(PackError, match="no usable items"):
-        pack_folder(src, tmp_path / "out", buckets=SPEC)
+        pack(src, tmp_path / "out", buckets=SPEC)
 
 
 def test_val_count_must_leave_training_items(tmp_path):
     src = make_folder(tmp_path / "src", count=3)
     with pytest.raises(PackError, match="val_count 3 leaves no training items: only 3 usable"):
-        pack_folder(src, tmp_path / "out", buckets=SPEC, val_count=3)
+        pack(src, tmp_path / "out", buckets=SPEC, val_count=3)
 
 
 def test_empty_validation_file_is_valid(tmp_path):
-    pack_folder(make_folder(tmp_path / "src", count=2), tmp_path / "out", buckets=SPEC, val_count=0)
+    pack(make_folder(tmp_path / "src", count=2), tmp_path / "out", buckets=SPEC, val_count=0)
     table = pq.read_table(tmp_path / "out" / "val.parquet")
     assert table.num_rows == 0 and table.schema.equals(PACKED_SCHEMA)
 
@@ -228,7 +228,7 @@ def test_large_images_are_downscaled_and_small_ones_upscaled_and_flagged(tmp_pat
     (src / "small.png").write_bytes(image_bytes((40, 40), fmt="PNG"))
     for stem in ("big", "small"):
         (src / f"{stem}.txt").write_text(stem)
-    stats = pack_folder(src, tmp_path / "out", buckets=SPEC)
+    stats = pack(src, tmp_path / "out", buckets=SPEC)
     rows = read_rows(tmp_path / "out" / "train.parquet")
     sizes = {r["sample_id"]: Image.open(io.BytesIO(r["image"])).size for r in rows}
     assert sizes == {"big": (72, 56), "small": (64, 64)}

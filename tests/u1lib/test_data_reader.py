@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from u1lib.data.buckets import BucketSpec
-from u1lib.data.pack import pack_folder
+from u1lib.data.pack import pack
 from u1lib.data.reader import INDEX_COLUMNS, BucketBatchSampler, PackedDataset, load_image_tensor
 
 
@@ -22,7 +22,7 @@ def packed(tmp_path_factory):
     for i in range(40):
         Image.new("RGB", shapes[i % 3], (i * 6, 0, 255 - i * 6)).save(src / f"s{i:02d}.png")
         (src / f"s{i:02d}.txt").write_text(f"sample {i}")
-    pack_folder(src, root / "out", buckets=BucketSpec("area", 64 * 64, 8))
+    pack(src, root / "out", buckets=BucketSpec("area", 64 * 64, 8))
     return root / "out" / "train.parquet"
 
 

@@ -55,8 +55,8 @@ class PackError(ValueError):
     """Packing cannot produce a usable dataset; the message says why and what to do."""
 
 
-def pack_folder(
-    src_dir: str | os.PathLike,
+def pack(
+    src: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
     buckets: BucketSpec,
@@ -64,21 +64,11 @@ def pack_folder(
     split_seed: int = 0,
     strict: bool = False,
 ) -> dict:
-    """Pack a folder of ``<id>.{jpg,jpeg,png,webp}`` + ``<id>.txt``; returns the stats."""
-    return _pack(folder_source(src_dir), Path(out_dir), buckets, val_count, split_seed, strict)
-
-
-def pack_parquet(
-    src_file: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    *,
-    buckets: BucketSpec,
-    val_count: int = 0,
-    split_seed: int = 0,
-    strict: bool = False,
-) -> dict:
-    """Pack a parquet of ``sample_id, caption, think (optional), image (encoded bytes)``; returns the stats."""
-    return _pack(parquet_source(src_file), Path(out_dir), buckets, val_count, split_seed, strict)
+    """Pack a folder of ``<id>.{jpg,jpeg,png,webp}`` + ``<id>.txt``, or a ``.parquet`` of ``sample_id,
+    caption, think (optional), image (encoded bytes)``; returns the stats."""
+    src = Path(src)
+    source = parquet_source(src) if src.suffix == ".parquet" else folder_source(src)
+    return _pack(source, Path(out_dir), buckets, val_count, split_seed, strict)
 
 
 def convert_item(sample_id: str, item: SourceItem, spec: BucketSpec, buckets: tuple[Bucket, ...]) -> tuple[dict, float]:
@@ -269,7 +259,6 @@ def _cli_pack(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         spec = BucketSpec.parse(args.buckets, args.token_size, args.min_source_fraction)
-        pack = pack_parquet if args.src.endswith(".parquet") else pack_folder
         pack(
             args.src,
             args.out_dir,
