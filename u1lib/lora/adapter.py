@@ -28,7 +28,9 @@ class LoRALinear(nn.Module):
         self.lora_up = nn.Linear(rank, self.out_features, bias=False, device=device, dtype=torch.float32)
         nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_up.weight)
+        # the buffer is what files store; forward reads the Python float (no device sync per call)
         self.register_buffer("alpha", torch.tensor(float(alpha), dtype=torch.float32, device=device))
+        self.scale = float(alpha) / rank
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.enabled = True
         self.merged = False
@@ -37,9 +39,9 @@ class LoRALinear(nn.Module):
     def rank(self) -> int:
         return self.lora_down.weight.shape[0]
 
-    @property
-    def scale(self) -> float:
-        return float(self.alpha) / self.rank
+    def set_alpha(self, alpha: float) -> None:
+        self.alpha.fill_(float(alpha))
+        self.scale = float(alpha) / self.rank
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight, self.bias)

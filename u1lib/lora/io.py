@@ -128,7 +128,7 @@ def load_adapter_weights(model: nn.Module, lora: LoraFile, *, strict: bool = Tru
             adapter = adapters[module]
             adapter.lora_down.weight.copy_(down)
             adapter.lora_up.weight.copy_(up)
-            adapter.alpha.fill_(alpha)
+            adapter.set_alpha(alpha)
         for name, tensor in lora.full.items():
             if name in params:
                 params[name].copy_(tensor.to(params[name].dtype))
