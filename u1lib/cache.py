@@ -105,7 +105,11 @@ def build_cache(
                 raise ValueError(f"{path}: sample_id {sample_id!r} appears in more than one data file")
             items[sample_id] = encoder.token_ids(caption, think)
     out_dir.mkdir(parents=True, exist_ok=True)
-    order = sorted(items, key=lambda i: (len(items[i]), i))  # equal lengths share a batch (no padding)
+    by_length: dict[int, list[str]] = {}
+    for sample_id in sorted(items):
+        by_length.setdefault(len(items[sample_id]), []).append(sample_id)
+    # full batches of equal length: no padding, and each row's K/V independent of its batch-mates
+    batches = [ids[k : k + batch_size] for _, ids in sorted(by_length.items()) for k in range(0, len(ids), batch_size)]
     rows, shard, shard_bytes, shard_index = [], {}, 0, 0
 
     def flush():
@@ -114,8 +118,7 @@ def build_cache(
             save_safetensors(out_dir / f"shard-{shard_index:05d}.safetensors", shard)
             shard, shard_bytes, shard_index = {}, 0, shard_index + 1
 
-    for start in range(0, len(order), batch_size):
-        ids = order[start : start + batch_size]
+    for ids in batches:
         cache = encoder.encode_ids([items[i] for i in ids])
         for row, sample_id in enumerate(ids):
             one = cache.select(row)

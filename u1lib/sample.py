@@ -42,6 +42,7 @@ class SampleSettings:
     device: str = "auto"
     dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
     upstream_lora: dict | None = None  # baked into the base for every variant: {"path", "skip"}
+    compile: bool = False  # torch.compile each layer (CUDA; pays off over many images)
 
     def __post_init__(self):
         problems = []
@@ -107,6 +108,8 @@ class Sampler:
         if settings.upstream_lora:
             spec = settings.upstream_lora
             bake_lora(self.model, read_lora_file(spec["path"]), skip=tuple(spec.get("skip", ())))
+        if settings.compile:
+            self.model.compile_layers()
         self.encoder = PrefixEncoder(self.model, load_tokenizer(snapshot_dir), prompt_spec, self.device)
         self.uncond = self.encoder.uncond()
         self._prefixes: dict[str, PrefixKV] = {}

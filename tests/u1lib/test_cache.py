@@ -63,3 +63,14 @@ def test_estimate_matches_written_cache_and_8b_rate(tiny_workspace):
     assert f'"tokens": {est["tokens"] + len(PrefixEncoder(None, load_tokenizer(ws["snapshot_dir"]), PromptSpec()).uncond_ids())}' in info
     # 8B: 42 layers x (K + V) x 8 kv heads x 128 x 2 bytes = 168 KiB per text token in bf16
     assert bytes_per_token(U1Config.from_file(CONFIG_8B), "bfloat16") == 168 * 1024
+
+
+def test_rows_of_equal_length_batch_without_changing_bits(tiny_workspace):
+    """The cache batches captions of one length together; each row must come out as if alone."""
+    model = load_model(tiny_workspace["snapshot_dir"], ["und", "embed"])
+    encoder = PrefixEncoder(model, load_tokenizer(tiny_workspace["snapshot_dir"]), PromptSpec())
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randint(0, 900, (40,), generator=g).tolist() for _ in range(5)] + [[5, 6, 7]]
+    batch = encoder.encode_ids(rows)
+    for index, row in enumerate(rows):
+        assert _equal(batch.select(index), encoder.encode_ids([row])), index

@@ -140,3 +140,13 @@ def test_200_steps_lower_validation_loss_and_change_samples(tiny_workspace, tmp_
     # mean absolute difference above 0.1 on the [-1, 1] scale (~13 of 255 levels): visibly different
     assert (base - tuned).abs().mean() > 0.1
     assert torch.isfinite(tuned).all()
+
+
+def test_swap_and_kept_attention_give_the_same_losses(tiny_workspace, tmp_path):
+    """Streaming layers from host memory and keeping attention outputs change memory, not the math."""
+    plain = {"steps": 3, "ckpt_every": 0, "checkpointing": "all"}
+    _run(tiny_workspace, tmp_path / "plain", **plain)
+    _run(tiny_workspace, tmp_path / "lean", **plain, swap_layers=2, keep_attention=True)
+    assert _losses(tmp_path / "lean") == _losses(tmp_path / "plain")
+    with pytest.raises(ValueError, match="must be checkpointed"):
+        _run(tiny_workspace, tmp_path / "bad", steps=1, swap_layers=1, checkpointing="none")

@@ -26,6 +26,7 @@ from ..lora.adapter import wrap
 from ..lora.io import adapter_metadata, bake_lora, read_lora_file, save_adapter
 from ..lora.spec import expand_preset, resolve_full_ft, resolve_spec
 from ..model.loading import load_model
+from ..model.offload import enable_swap, spread
 from ..model.u1 import PrefixKV, U1Model
 from ..prefix import UNCOND_ID, PrefixEncoder
 from . import checkpoint as ckpt
@@ -105,7 +106,7 @@ class Trainer:
         self.trainable_names, self.full_ft = self._make_trainable()
         params = dict(self.model.named_parameters())
         self.params = [params[n] for n in self.trainable_names]
-        self.model.checkpoint_layers = s.checkpoint_layers(cfg.num_hidden_layers)
+        self._memory_plan(cfg.num_hidden_layers)
         self.optimizer = make_optimizer(self.params, s, self.device)
         self.ema = {n: p.detach().clone() for n, p in zip(self.trainable_names, self.params)} if s.ema else {}
         self.train_data = PackedDataset(train_parquet)
@@ -154,6 +155,22 @@ class Trainer:
         for name in names:
             params[name].requires_grad_(True)
         return sorted(names), full_ft
+
+    def _memory_plan(self, num_layers: int) -> None:
+        """Checkpointing, kept attention, streamed layers and compilation, as the settings ask."""
+        s = self.s
+        self.model.checkpoint_layers = s.checkpoint_layers(num_layers)
+        self.model.keep_attention = s.keep_attention
+        if s.swap_layers:
+            streamed = spread(s.swap_layers, num_layers)
+            if not set(streamed) <= self.model.checkpoint_layers:
+                raise ValueError(
+                    f"train.swap_layers {s.swap_layers} streams layers {streamed}, which must be checkpointed: "
+                    "set train.checkpointing to all"
+                )
+            enable_swap(self.model, streamed)
+        if s.compile:
+            self.model.compile_layers()
 
     def autocast(self):
         if self.base_dtype == torch.float32:

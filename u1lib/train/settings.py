@@ -45,6 +45,9 @@ class TrainSettings:
     log_every: int = 10
     seed: int = 0
     memory_mode: str = "resident"  # resident | online_prefix
+    swap_layers: int = 0  # generation layers streamed from pinned host memory (needs checkpointing of them)
+    keep_attention: bool = False  # checkpointed layers keep attention outputs (recompute skips attention)
+    compile: bool = False  # torch.compile each layer (CUDA; the first steps pay the compilation)
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     device: str = "auto"
     upstream_lora: dict | None = None  # {"path": ..., "skip": [...]}
@@ -75,6 +78,8 @@ class TrainSettings:
             problems.append(f"train.lr: must be positive, got {self.lr}")
         if self.ema is not None and not 0 < self.ema < 1:
             problems.append(f"train.ema: decay {self.ema} must be in (0, 1) or null")
+        if not isinstance(self.swap_layers, int) or self.swap_layers < 0:
+            problems.append(f"train.swap_layers: must be a non-negative integer, got {self.swap_layers!r}")
         ck = self.checkpointing
         if not (ck in ("none", "all") or (isinstance(ck, int) and ck >= 0)):
             problems.append(f"train.checkpointing: {ck!r} is not none, all or a non-negative integer")
