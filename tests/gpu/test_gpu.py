@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from tests.conftest import CONFIG_8B
 from u1lib.bench import make_trainable, random_prefix
 from u1lib.model.config import U1Config
 from u1lib.model.layers import normalize
@@ -16,7 +17,6 @@ from u1lib.model.loading import random_model
 from u1lib.model.offload import enable_swap
 from u1lib.model.u1 import PrefixKV
 from u1lib.train.objectives import flow_loss
-from tests.conftest import CONFIG_8B
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")

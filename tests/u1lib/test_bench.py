@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
+from tests.conftest import CONFIG_8B
 from u1lib.bench import Measure, cli, gen_forward_flops, make_trainable, prefix_flops, train_flops
 from u1lib.model.config import U1Config
 from u1lib.model.loading import meta_model
-from tests.conftest import CONFIG_8B
 
 
 def test_8b_flops_by_hand():

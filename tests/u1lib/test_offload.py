@@ -96,7 +96,11 @@ def test_keep_attention_skips_the_attention_recompute(five_layer_model):
         loss = flow_loss(model, *batch).loss
         with _CountAttention() as counter:
             loss.backward()
-        counted[name] = (loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}, counter.calls)
+        counted[name] = (
+            loss.detach(),
+            {n: p.grad for n, p in model.named_parameters() if p.grad is not None},
+            counter.calls,
+        )
     (want_loss, want, recomputed), (loss, grads, kept) = counted["full"], counted["selective"]
     assert torch.equal(loss, want_loss) and all(torch.equal(grads[k], want[k]) for k in want)
     assert recomputed >= len(full.layers) and kept == 0
