@@ -21,10 +21,11 @@ class Workflow:
     root: Path  # the copied Snakefile, rules, config, ... and u1lib (whose code hashes count)
     workdir: Path  # --directory: where results/ and .snakemake/ go
 
-    def snakemake(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    def snakemake(self, *args: str, check: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
+        """``timeout`` (seconds) turns a run that never ends into subprocess.TimeoutExpired."""
         command = [sys.executable, "-m", "snakemake", "-s", str(self.root / "Snakefile"),
                    "--directory", str(self.workdir), *args]
-        result = subprocess.run(command, capture_output=True, text=True)
+        result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
         return result
