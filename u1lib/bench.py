@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .io import read_json, write_json
+from .io import read_json, save_safetensors, write_json
 from .lora.adapter import wrap
 from .lora.spec import expand_preset, resolve_full_ft, resolve_spec
 from .model.config import U1Config
@@ -440,6 +440,44 @@ def coldstart_child(out_png: Path, m: Measure) -> None:
     print(json.dumps({k: round(v - start, 3) for k, v in marks.items()}))
 
 
+def write_random_snapshot(out_dir: Path, config: Path = DEFAULT_CONFIG, shard_gib: float = 4.0) -> Path:
+    """A full-size snapshot on disk with random bf16 weights (sharded, indexed) and the tiny tokenizer.
+
+    For timing what a real run pays to read weights (cold start); the tokenizer only has to produce
+    valid ids. Tensors are drawn on the GPU when there is one, so writing is bounded by the disk.
+    """
+    from .model.keys import parameter_shapes
+    from .tiny import build_tiny_snapshot
+
+    out_dir = Path(out_dir)
+    build_tiny_snapshot(out_dir)
+    (out_dir / "model.safetensors").unlink()
+    (out_dir / "config.json").write_bytes(Path(config).read_bytes())
+    cfg = U1Config.from_file(out_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator(device=device).manual_seed(0)
+    shard, shard_bytes, weight_map, names = {}, 0, {}, []
+
+    def flush():
+        nonlocal shard, shard_bytes
+        name = f"model-{len(names) + 1:05d}.safetensors"
+        save_safetensors(out_dir / name, shard)
+        weight_map.update(dict.fromkeys(shard, name))
+        names.append(name)
+        shard, shard_bytes = {}, 0
+
+    for key, shape in parameter_shapes(cfg).items():
+        scale = 0.02 if len(shape) == 1 else shape[-1] ** -0.5
+        shard[key] = (torch.randn(shape, device=device, dtype=torch.bfloat16, generator=g) * scale).cpu()
+        shard_bytes += shard[key].numel() * 2
+        if shard_bytes >= shard_gib * GIB:
+            flush()
+    if shard:
+        flush()
+    write_json(out_dir / "model.safetensors.index.json", {"metadata": {}, "weight_map": weight_map})
+    return out_dir
+
+
 RUNNERS = {"train": run_train, "sample": run_sample, "prefix": run_prefix, "calibrate": run_calibrate,
            "coldstart": run_coldstart}  # fmt: skip
 
@@ -554,6 +592,8 @@ def _parser(verb: str) -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, help="upstream config.json (default: the 8B config)")
     parser.add_argument("--device", help="cuda (default when present) or cpu")
     parser.add_argument("--coldstart-child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--write-snapshot", type=Path, metavar="DIR",
+                        help="write a full-size random-weight snapshot (sharded safetensors) to DIR and exit")  # fmt: skip
     defaults = Measure("train")
     for name, value in asdict(defaults).items():
         if name == "measure":
@@ -570,6 +610,9 @@ def cli(verb: str, argv: list[str]) -> int:
     parser = _parser(verb)
     args = parser.parse_args(argv)
     fields = {k: v for k, v in vars(args).items() if k in Measure.__dataclass_fields__ and k != "measure"}
+    if args.write_snapshot:
+        write_random_snapshot(args.write_snapshot, args.config or DEFAULT_CONFIG)
+        return 0
     if args.coldstart_child:
         coldstart_child(args.coldstart_child, Measure("coldstart", **fields))
         return 0

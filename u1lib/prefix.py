@@ -31,6 +31,13 @@ class PrefixEncoder:
         Rows are run in groups of equal length, so no row ever shares a forward with padding: each
         row's K/V is then the same whatever batch it came in (cache and online mode agree exactly).
         """
+        vocab = self.model.config.vocab_size
+        too_big = max((max(row, default=0) for row in rows), default=0)
+        if too_big >= vocab:
+            raise ValueError(
+                f"the tokenizer produced id {too_big}, but the model's vocab_size is {vocab}: "
+                "tokenizer.json and config.json of this snapshot do not belong together"
+            )
         by_length: dict[int, list[int]] = {}
         for index, row in enumerate(rows):
             by_length.setdefault(len(row), []).append(index)
