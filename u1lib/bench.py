@@ -32,6 +32,7 @@ from .model.offload import enable_swap, spread
 from .model.sampling import euler_sample
 from .model.u1 import PrefixKV, U1Model
 from .provenance import git_commit, versions
+from .settings import from_section
 from .train.distributed import init_from_env
 from .train.metrics import device_name
 from .train.objectives import flow_loss
@@ -539,7 +540,7 @@ def run_bench(settings: dict, out_json: Path) -> dict:
     unknown = sorted(set(settings) - {"config", "device", "measures"})
     if unknown:
         raise ValueError(f"bench settings: unknown key(s) {unknown}; expected config, device, measures")
-    measures = [Measure(**raw) for raw in settings.get("measures", [])]
+    measures = [from_section(Measure, raw, "bench.measures[]") for raw in settings.get("measures", [])]
     if not measures:
         raise ValueError("bench settings: 'measures' lists no measure")
     cfg = U1Config.from_file(settings.get("config") or DEFAULT_CONFIG)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import io
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -25,6 +25,7 @@ from .model.loading import load_model
 from .model.sampling import CFG_NORMS, SAMPLER_T_EPS, euler_sample
 from .model.u1 import PrefixKV, U1Model
 from .prefix import PrefixEncoder
+from .settings import from_section
 
 
 @dataclass(frozen=True)
@@ -57,15 +58,7 @@ class SampleSettings:
 
     @classmethod
     def from_dict(cls, raw: dict) -> "SampleSettings":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"unknown sampling setting(s): {', '.join('sample.' + k for k in unknown)}")
-        values = dict(raw)
-        for name in ("seeds", "cfg_interval"):
-            if name in values:
-                values[name] = tuple(values[name])
-        return cls(**values)
+        return from_section(cls, raw, "sample")
 
 
 def load_prompts(path: Path) -> list[dict]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from ..settings import from_section
 from .objectives import LOSS_TYPES
 from .timesteps import T_DISTS
 
@@ -51,10 +52,9 @@ class TrainSettings:
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     device: str = "auto"
     upstream_lora: dict | None = None  # {"path": ..., "skip": [...]}
-    extra: dict = field(default_factory=dict, compare=False)
 
     # settings that may change between a checkpoint and its resume without changing the math
-    RESUMABLE_CHANGES = ("steps", "val_every", "ckpt_every", "keep_checkpoints", "log_every", "device", "extra")
+    RESUMABLE_CHANGES = ("steps", "val_every", "ckpt_every", "keep_checkpoints", "log_every", "device")
 
     def __post_init__(self):
         problems = []
@@ -88,20 +88,10 @@ class TrainSettings:
 
     @classmethod
     def from_dict(cls, raw: dict) -> "TrainSettings":
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"unknown training setting(s): {', '.join('train.' + k for k in unknown)}")
-        values = dict(raw)
-        for name in ("full_ft", "val_t", "betas"):
-            if name in values and values[name] is not None:
-                values[name] = tuple(values[name])
-        return cls(**values)
+        return from_section(cls, raw, "train")
 
     def to_dict(self) -> dict:
-        data = dataclasses.asdict(self)
-        data.pop("extra")
-        return data
+        return dataclasses.asdict(self)
 
     def compatibility(self) -> dict:
         """What a checkpoint must share with the run that resumes it (JSON-normalised: tuples as lists)."""
