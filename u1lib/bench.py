@@ -30,7 +30,7 @@ from .model.config import U1Config
 from .model.loading import random_model
 from .model.offload import enable_swap, spread
 from .model.sampling import euler_sample
-from .model.u1 import PrefixKV, U1Model
+from .model.u1 import PrefixKV, U1Model, checkpointed_layers
 from .provenance import git_commit, versions
 from .settings import from_section
 from .train.distributed import init_from_env
@@ -79,11 +79,7 @@ class Measure:
             raise ValueError("bench settings: " + "; ".join(problems))
 
     def checkpoint_layers(self, num_layers: int) -> frozenset[int]:
-        if self.checkpointing == "none":
-            return frozenset()
-        if self.checkpointing == "all":
-            return frozenset(range(num_layers))
-        return frozenset(range(max(0, num_layers - int(self.checkpointing))))
+        return checkpointed_layers(self.checkpointing, num_layers)
 
     def prefix_lengths(self) -> list[int]:
         """Row prefix lengths: all ``prefix`` for one row, else spread deterministically around it."""

@@ -96,6 +96,15 @@ def _keep_attention(ctx, op, *args, **kwargs) -> CheckpointPolicy:
     return CheckpointPolicy.MUST_SAVE if op in _ATTENTION_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
+def checkpointed_layers(policy: str | int, num_layers: int) -> frozenset[int]:
+    """Layers whose activations are recomputed in backward: none, all, or all but the last K."""
+    if policy == "none":
+        return frozenset()
+    if policy == "all":
+        return frozenset(range(num_layers))
+    return frozenset(range(max(0, num_layers - int(policy))))
+
+
 def text_indexes(batch: int, length: int, device) -> torch.Tensor:
     """Text positions [B, 3, L]: t = 0..L-1, h = w = 0."""
     t = torch.arange(length, device=device)

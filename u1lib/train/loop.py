@@ -29,9 +29,9 @@ from ..model.loading import load_model
 from ..model.offload import enable_swap, spread
 from ..model.u1 import PrefixKV, U1Model
 from ..prefix import UNCOND_ID, PrefixEncoder
+from ..provenance import git_commit, versions
 from . import checkpoint as ckpt
 from .distributed import init_from_env
-from ..provenance import git_commit, versions
 from .metrics import THistogram, device_name, peak_gpu_bytes, peak_host_rss_bytes
 from .objectives import flow_loss
 from .settings import TrainSettings

@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+
 def peak_host_rss_bytes() -> int:
     """Peak resident set size of this process (Linux reports KiB)."""
     usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -6,6 +6,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
+from ..model.u1 import checkpointed_layers
 from ..settings import from_section
 from .objectives import LOSS_TYPES
 from .timesteps import T_DISTS
@@ -101,8 +102,4 @@ class TrainSettings:
         return json.loads(json.dumps(data))
 
     def checkpoint_layers(self, num_layers: int) -> frozenset[int]:
-        if self.checkpointing == "none":
-            return frozenset()
-        if self.checkpointing == "all":
-            return frozenset(range(num_layers))
-        return frozenset(range(max(0, num_layers - int(self.checkpointing))))
+        return checkpointed_layers(self.checkpointing, num_layers)
