@@ -150,3 +150,28 @@ def test_swap_and_kept_attention_give_the_same_losses(tiny_workspace, tmp_path):
     assert _losses(tmp_path / "lean") == _losses(tmp_path / "plain")
     with pytest.raises(ValueError, match="must be checkpointed"):
         _run(tiny_workspace, tmp_path / "bad", steps=1, swap_layers=1, checkpointing="none")
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tiny_workspace, tmp_path, monkeypatch):
+    from u1lib.train import checkpoint
+
+    real_save = checkpoint.save_file
+    calls = {"n": 0}
+
+    def filling_disk(tensors, path, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:  # the second checkpoint's second file (4 files per checkpoint)
+            raise OSError(28, "No space left on device")
+        return real_save(tensors, path, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint, "save_file", filling_disk)
+        with pytest.raises(OSError, match="No space left"):
+            _run(tiny_workspace, tmp_path / "run")
+    root = tmp_path / "run" / "checkpoints"
+    assert [p.name for p in root.iterdir()] == ["step-00000002"]  # no half-written step-4, no temp folder
+    state, problems = checkpoint.newest_valid(root)
+    assert state.step == 2 and problems == []
+    _run(tiny_workspace, tmp_path / "run")  # the space is back: the run resumes and finishes
+    _run(tiny_workspace, tmp_path / "straight")
+    assert _losses(tmp_path / "run") == _losses(tmp_path / "straight")
