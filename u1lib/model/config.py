@@ -43,6 +43,13 @@ class U1Config:
     rope_theta: float = 5e6  # t axis
     rope_theta_hw: float = 1e4  # h and w axes
     tie_word_embeddings: bool = False
+    # sparse MoE MLPs (the A3B variant); 0 experts = the dense 8B-MoT
+    num_experts: int = 0
+    moe_intermediate_size: int = 0
+    gen_num_experts: int = 0
+    gen_moe_intermediate_size: int = 0
+    decoder_sparse_step: int = 1
+    mlp_only_layers: tuple[int, ...] = ()
     # vision embedding (both towers)
     vision_hidden_size: int = 1024
     patch_size: int = 16
@@ -75,6 +82,12 @@ class U1Config:
             problems.append(f"noise_scale_mode {self.noise_scale_mode!r} is not one of resolution, dynamic, dynamic_sqrt")
         if problems:
             raise ConfigError("; ".join(problems))
+
+    def sparse_mlp(self, layer: int, tower: str) -> bool:
+        """Whether ``layer``'s MLP in ``tower`` (und/gen) is a mixture of experts (Qwen3-MoE placement rule)."""
+        if tower == "gen":
+            return self.gen_num_experts > 0
+        return self.num_experts > 0 and layer not in self.mlp_only_layers and (layer + 1) % self.decoder_sparse_step == 0
 
     @property
     def token_size(self) -> int:
@@ -128,6 +141,7 @@ class U1Config:
                 rope_theta=float(_rope_theta(llm)),
                 rope_theta_hw=float(llm.get("rope_theta_hw", 1e4)),
                 tie_word_embeddings=bool(raw.get("tie_word_embeddings", llm.get("tie_word_embeddings", False))),
+                **_moe_fields(llm),
                 vision_hidden_size=int(vision["hidden_size"]),
                 patch_size=int(vision["patch_size"]),
                 merge_size=int(round(1 / ratio)),
@@ -157,6 +171,20 @@ class U1Config:
         except json.JSONDecodeError as err:
             raise ConfigError(f"{path}: not valid JSON ({err})") from None
         return cls.from_upstream_dict(raw, source=str(path))
+
+
+def _moe_fields(llm: dict) -> dict:
+    """A3B expert counts and widths; the generation branch defaults to the understanding values."""
+    experts = int(llm.get("num_experts") or 0)
+    width = int(llm.get("moe_intermediate_size") or 0)
+    return {
+        "num_experts": experts,
+        "moe_intermediate_size": width,
+        "gen_num_experts": int(llm.get("gen_num_experts") or experts),
+        "gen_moe_intermediate_size": int(llm.get("gen_moe_intermediate_size") or width),
+        "decoder_sparse_step": int(llm.get("decoder_sparse_step") or 1),
+        "mlp_only_layers": tuple(llm.get("mlp_only_layers") or ()),
+    }
 
 
 def _rope_theta(llm: dict) -> float:

@@ -20,7 +20,15 @@ GEN_SUFFIX = "_mot_gen"
 _ATTN_NORMS = ("q_norm", "q_norm_hw", "k_norm", "k_norm_hw")
 
 
-def _layer_shapes(cfg: U1Config, suffix: str) -> dict[str, tuple[int, ...]]:
+def _mlp_shapes(prefix: str, hidden: int, width: int) -> dict[str, tuple[int, ...]]:
+    return {
+        f"{prefix}.gate_proj.weight": (width, hidden),
+        f"{prefix}.up_proj.weight": (width, hidden),
+        f"{prefix}.down_proj.weight": (hidden, width),
+    }
+
+
+def _layer_shapes(cfg: U1Config, layer: int, suffix: str) -> dict[str, tuple[int, ...]]:
     h, d = cfg.hidden_size, cfg.head_dim
     q_out, kv_out = cfg.num_attention_heads * d, cfg.num_key_value_heads * d
     mlp = "mlp" + suffix
@@ -31,10 +39,16 @@ def _layer_shapes(cfg: U1Config, suffix: str) -> dict[str, tuple[int, ...]]:
         f"self_attn.k_proj{suffix}.weight": (kv_out, h),
         f"self_attn.v_proj{suffix}.weight": (kv_out, h),
         f"self_attn.o_proj{suffix}.weight": (h, q_out),
-        f"{mlp}.gate_proj.weight": (cfg.intermediate_size, h),
-        f"{mlp}.up_proj.weight": (cfg.intermediate_size, h),
-        f"{mlp}.down_proj.weight": (h, cfg.intermediate_size),
     }
+    tower = "gen" if suffix else "und"
+    if cfg.sparse_mlp(layer, tower):
+        experts = cfg.gen_num_experts if suffix else cfg.num_experts
+        width = cfg.gen_moe_intermediate_size if suffix else cfg.moe_intermediate_size
+        shapes[f"{mlp}.gate.weight"] = (experts, h)  # the router
+        for e in range(experts):
+            shapes.update(_mlp_shapes(f"{mlp}.experts.{e}", h, width))
+    else:
+        shapes.update(_mlp_shapes(mlp, h, cfg.intermediate_size))
     for norm in _ATTN_NORMS:
         shapes[f"self_attn.{norm}{suffix}.weight"] = (d // 2,)
     return shapes
@@ -72,7 +86,7 @@ def parameter_shapes(cfg: U1Config) -> dict[str, tuple[int, ...]]:
         shapes["language_model.lm_head.weight"] = (cfg.vocab_size, h)
     for i in range(cfg.num_hidden_layers):
         for suffix in ("", GEN_SUFFIX):
-            for name, shape in _layer_shapes(cfg, suffix).items():
+            for name, shape in _layer_shapes(cfg, i, suffix).items():
                 shapes[f"{LAYER_PREFIX}{i}.{name}"] = shape
     shapes.update(_vision_shapes(cfg, "vision_model"))
     shapes.update(_vision_shapes(cfg, "fm_modules.vision_model_mot_gen"))

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from .config import U1Config
+from .config import ConfigError, U1Config
 from .embedders import TimestepEmbedder, VisionModel, fm_head, patchify
 from .layers import DecoderLayer, RMSNorm, Runs
 from .rope import AxisAngles
@@ -150,6 +150,11 @@ class U1Model(nn.Module):
 
     def __init__(self, cfg: U1Config):
         super().__init__()
+        if cfg.num_experts or cfg.gen_num_experts:
+            raise ConfigError(
+                "this config has MoE experts (the A3B variant): parameter accounting and LoRA targets work "
+                "from config.json, but the native engine implements only the dense 8B-MoT forward"
+            )
         self.config = cfg
         self.language_model = LanguageModel(cfg)
         self.vision_model = VisionModel(cfg)

@@ -1,0 +1,56 @@
+"""The A3B (MoE) layout from config.json alone: keys, counts and LoRA targets; the engine refuses to build it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from u1lib.lora.spec import SpecError, resolve_spec, trainable_counts
+from u1lib.model.config import ConfigError, U1Config
+from u1lib.model.keys import parameter_shapes
+from u1lib.model.loading import meta_model
+from tests.conftest import CONFIG_8B
+
+
+@pytest.fixture(scope="module")
+def a3b_config(tmp_path_factory) -> U1Config:
+    """U1_MODEL.md section 9: hidden 2048, 48 layers, 32/4 heads, 128 und experts and 32 gen experts of width 768."""
+    raw = json.loads(CONFIG_8B.read_text())
+    raw["llm_config"].update(hidden_size=2048, num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4,
+                             num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768,
+                             gen_num_experts=32, gen_moe_intermediate_size=768, rope_theta=1e7)  # fmt: skip
+    raw["vision_config"]["llm_hidden_size"] = 2048
+    path = tmp_path_factory.mktemp("a3b") / "config.json"
+    path.write_text(json.dumps(raw))
+    return U1Config.from_file(path)
+
+
+def test_expert_keys_and_shapes(a3b_config):
+    shapes = parameter_shapes(a3b_config)
+    layer = "language_model.model.layers.47."
+    assert shapes[layer + "mlp_mot_gen.gate.weight"] == (32, 2048)
+    assert shapes[layer + "mlp_mot_gen.experts.31.down_proj.weight"] == (2048, 768)
+    assert shapes[layer + "mlp.experts.127.gate_proj.weight"] == (768, 2048)
+    assert layer + "mlp_mot_gen.experts.32.up_proj.weight" not in shapes
+    assert layer + "mlp.down_proj.weight" not in shapes  # no dense MLP left
+    # q/o are sized by heads x head_dim (4096), not by hidden_size (2048)
+    assert shapes[layer + "self_attn.q_proj_mot_gen.weight"] == (4096, 2048)
+
+
+def test_moe_lora_targets_and_counts(a3b_config):
+    experts = resolve_spec("gen_moe_mlp=r16a16", a3b_config)
+    assert len(experts) == 48 * 32 * 3
+    assert len(resolve_spec("gen_moe_router=r4", a3b_config)) == 48
+    assert len(resolve_spec("mlp_mot_gen.experts.*.gate_proj=r8", a3b_config)) == 48 * 32
+    counts = trainable_counts("attn=r16a16;gen_moe_mlp=r16a16", [], a3b_config)
+    attn = 48 * 16 * ((2048 + 4096) * 2 + (2048 + 512) * 2)
+    mlp = 48 * 32 * 16 * 3 * (2048 + 768)
+    assert counts["lora_params"] == attn + mlp
+    with pytest.raises(SpecError, match="matches no module"):
+        resolve_spec("mlp=r8", a3b_config)  # the dense alias has nothing to adapt on MoE layers
+
+
+def test_the_engine_refuses_to_build_an_moe_model(a3b_config):
+    with pytest.raises(ConfigError, match="dense 8B-MoT forward"):
+        meta_model(a3b_config)
