@@ -301,3 +301,16 @@ def test_cli_reports_a_branch_revision_as_an_error(tmp_path, capsys):
     argv = ["--model", "u1", "--source", "hub", "--repo-id", "org/U1", "--revision", "main"]
     assert cli("snapshot", argv + ["--out", str(tmp_path / "s"), "--manifest", str(tmp_path / "m.json")]) == 1
     assert "'main'" in capsys.readouterr().err
+
+
+def test_verify_verb_reports_a_changed_file(tmp_path, capsys):
+    from u1lib.cli import main
+    from u1lib.hub import snapshot_tiny
+
+    snapshot_tiny(tmp_path / "snap", tmp_path / "manifest.json", seed=0)
+    args = ["verify", "--snapshot", str(tmp_path / "snap"), "--manifest", str(tmp_path / "manifest.json")]
+    assert main(args) == 0
+    with open(tmp_path / "snap" / "config.json", "a") as handle:
+        handle.write(" ")
+    assert main(args) == 1
+    assert "config.json" in capsys.readouterr().err
