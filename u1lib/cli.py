@@ -11,6 +11,7 @@ import sys
 VERBS = {
     "tiny": ("u1lib.tiny", "Build the embedded tiny model snapshot"),
     "snapshot": ("u1lib.hub", "Download or build a model snapshot and write its manifest"),
+    "verify": ("u1lib.hub", "Check a snapshot against its manifest (sizes and sha256)"),
     "install-modeling": ("u1lib.hub", "Verify upstream modeling files against sha256 pins and install them"),
     "pack": ("u1lib.data.pack", "Pack a folder of captioned images into parquet"),
     "inspect-data": ("u1lib.data.pack", "Summarise a packed parquet file"),

@@ -380,6 +380,20 @@ def _snapshot_cli(verb: str, argv: list[str]) -> int:
     return 0
 
 
+def _verify_cli(verb: str, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m u1lib {verb}", description="Check a snapshot against its manifest (sizes and sha256)."
+    )
+    parser.add_argument("--snapshot", required=True, type=Path, help="snapshot folder")
+    parser.add_argument("--manifest", required=True, type=Path, help="its manifest.json")
+    args = parser.parse_args(argv)
+    problems = verify_snapshot(args.snapshot, read_json(args.manifest))
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    print(f"{args.snapshot}: {'verified' if not problems else f'{len(problems)} problem(s)'} against {args.manifest}")
+    return 1 if problems else 0
+
+
 def _install_modeling_cli(verb: str, argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog=f"python -m u1lib {verb}", description="Install upstream modeling files that match their sha256 pins."
@@ -395,7 +409,7 @@ def _install_modeling_cli(verb: str, argv: list[str]) -> int:
     return 0
 
 
-_VERBS = {"snapshot": _snapshot_cli, "install-modeling": _install_modeling_cli}
+_VERBS = {"snapshot": _snapshot_cli, "install-modeling": _install_modeling_cli, "verify": _verify_cli}
 
 
 def cli(verb: str, argv: list[str]) -> int:

@@ -81,10 +81,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def safetensors_bytes(tensors: dict, metadata: dict[str, str] | None = None) -> bytes:
     """safetensors bytes that depend only on the content.
 

@@ -98,10 +98,6 @@ class U1Config:
     def fm_out_dim(self) -> int:
         return 3 * self.token_size**2
 
-    @property
-    def kv_groups(self) -> int:
-        return self.num_attention_heads // self.num_key_value_heads
-
     def noise_scale_for(self, num_tokens: int) -> float:
         """Noise std for an image of ``num_tokens`` tokens (upstream: grows with resolution, clamped)."""
         scale = self.noise_scale * math.sqrt(num_tokens / self.noise_scale_base_image_seq_len)

@@ -52,7 +52,6 @@ class PrefixSource:
 
     def __init__(self, *, cache: PrefixCacheReader | None, encoder: PrefixEncoder | None, captions: dict, dtype):
         self.cache, self.encoder, self.captions, self.dtype = cache, encoder, captions, dtype
-        self._uncond = self._fetch([UNCOND_ID])
 
     def _fetch(self, ids: list[str]) -> PrefixKV:
         if self.cache is not None:
