@@ -30,10 +30,6 @@ class PrefixKV:
     _runs: Runs | None = field(default=None, init=False, repr=False, compare=False)
     _runs_known: bool = field(default=False, init=False, repr=False, compare=False)
 
-    @property
-    def batch_size(self) -> int:
-        return self.lengths.shape[0]
-
     def runs(self) -> Runs | None:
         """(first row, end row, length) for consecutive rows of one prefix length; None if no row is padded.
 
