@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 import torch
 from safetensors import safe_open
 
-from . import __version__
 from .data.prompts import PromptSpec, load_tokenizer
 from .data.reader import PackedDataset
 from .io import atomic_path, read_json, save_safetensors, sha256_file, write_json
@@ -27,6 +26,7 @@ from .model.config import U1Config
 from .model.loading import load_model
 from .model.u1 import PrefixKV
 from .prefix import UNCOND_ID, PrefixEncoder
+from .provenance import source_hash
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _ENGINE_SOURCES = ("model/u1.py", "model/layers.py", "model/rope.py", "prefix.py", "data/prompts.py", "cache.py")
@@ -40,11 +40,7 @@ def resolve_device(device: str) -> torch.device:
 
 def engine_hash() -> str:
     """Hash of the sources that decide the cached tensors (a code change must never reuse a stale cache)."""
-    root = Path(__file__).parent
-    digest = hashlib.sha256(__version__.encode())
-    for rel in _ENGINE_SOURCES:
-        digest.update((root / rel).read_bytes())
-    return digest.hexdigest()[:16]
+    return source_hash(*_ENGINE_SOURCES)
 
 
 def cache_key(snapshot_dir: Path, manifest_path: Path, spec: PromptSpec, dtype: str) -> dict:

@@ -21,4 +21,7 @@ with claim_gpus(snakemake.resources.gpu):
         cache_dir=Path(snakemake.input.cache).parent,
         run_dir=Path(snakemake.output.adapter).parent,
         prompt=snakemake.params.prompt,
+        # Snakemake reruns this job exactly when its settings, data or code changed: stale checkpoints
+        # are moved aside; a killed job rerun with the same inputs resumes
+        on_incompatible="restart",
     )

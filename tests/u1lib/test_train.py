@@ -176,3 +176,29 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tiny_workspace, 
     _run(tiny_workspace, tmp_path / "run")  # the space is back: the run resumes and finishes
     _run(tiny_workspace, tmp_path / "straight")
     assert _losses(tmp_path / "run") == _losses(tmp_path / "straight")
+
+
+def test_restart_policy_moves_stale_checkpoints_aside(tiny_workspace, tmp_path, monkeypatch):
+    """The workflow's policy: a rerun caused by changed settings starts over instead of failing."""
+    paths = {k: tiny_workspace[k] for k in ("snapshot_dir", "manifest_path", "train_parquet", "val_parquet", "cache_dir")}
+    with monkeypatch.context() as patch:
+        _kill_at_call(patch, 4)
+        with pytest.raises(Killed):
+            _run(tiny_workspace, tmp_path / "run")
+    metrics = train({**BASE, "loss_type": "v"}, run_dir=tmp_path / "run", on_incompatible="restart", **paths)
+    assert metrics["steps"] == BASE["steps"]
+    assert [r["step"] for r in read_jsonl(tmp_path / "run" / "train_log.jsonl")] == list(range(1, BASE["steps"] + 1))
+    assert (tmp_path / "run" / "checkpoints.previous" / "step-00000002").is_dir()
+
+
+def test_lineage_fills_settings_added_later_and_names_other_differences():
+    from u1lib.train.loop import lineage_differences
+    from u1lib.train.settings import TrainSettings
+
+    now = {"settings": TrainSettings().compatibility(), "model": "m", "data": "d", "prompt": {}, "engine": "e1"}
+    older = {**now, "settings": {k: v for k, v in now["settings"].items() if k != "huber_delta"}}
+    assert lineage_differences(older, now) == []  # a key the checkpoint predates counts as its default
+    assert lineage_differences({**now, "engine": "e0", "data": "x"}, now) == [
+        "training data: checkpoint 'x', now 'd'",
+        "engine code: checkpoint 'e0', now 'e1'",
+    ]

@@ -61,6 +61,14 @@ class PackedDataset:
             fetched[group] = self._read_group(group)
         return [fetched[group][offset] for group, offset in located]
 
+    def fingerprint(self) -> str:
+        """sha256 over every row's id and source-file hash: changes when any item is added, dropped or edited."""
+        table = self._file.read(columns=["sample_id", "sha256"])
+        digest = hashlib.sha256()
+        for sample_id, source_hash in zip(table.column("sample_id").to_pylist(), table.column("sha256").to_pylist()):
+            digest.update(f"{sample_id}\t{source_hash}\n".encode())
+        return digest.hexdigest()[:16]
+
     def texts(self) -> list[tuple[str, str | None]]:
         """(caption, think) of every row, in row order, without touching the images (for the cache stage)."""
         table = self._file.read(columns=["caption", "think"])

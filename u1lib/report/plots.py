@@ -125,7 +125,8 @@ def per_t_validation(runs: list[Run], colors: dict[str, str]) -> bytes | None:
         label = f"{name} (step {step})" if is_number(step) else name
         ax.bar(positions + (i - (len(found) - 1) / 2) * width, heights, width, color=colors[name], label=label)
     ax.set_xticks(positions, [f"{t:g}" for t in ts])
-    ax.legend(fontsize="small")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.3)  # headroom so the legend never covers a bar
+    ax.legend(fontsize="small", loc="upper right")
     return _png(fig)
 
 

@@ -14,12 +14,12 @@ from .loop import train
 
 
 def run_training(settings: dict, *, gpus: int, snapshot_dir, manifest_path, train_parquet, val_parquet, cache_dir,
-                 run_dir, prompt=None) -> None:  # fmt: skip
+                 run_dir, prompt=None, on_incompatible: str = "refuse") -> None:  # fmt: skip
     """``gpus`` > 1 starts one data-parallel rank per GPU (torchrun --standalone) on the same run folder."""
     paths = dict(snapshot_dir=snapshot_dir, manifest_path=manifest_path, train_parquet=train_parquet,
                  val_parquet=val_parquet, cache_dir=cache_dir, run_dir=run_dir)  # fmt: skip
     if gpus <= 1:
-        train(settings, prompt=prompt, **paths)
+        train(settings, prompt=prompt, on_incompatible=on_incompatible, **paths)
         return
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -28,6 +28,7 @@ def run_training(settings: dict, *, gpus: int, snapshot_dir, manifest_path, trai
     flags = {"--snapshot": snapshot_dir, "--manifest": manifest_path, "--train-data": train_parquet,
              "--val-data": val_parquet, "--cache": cache_dir, "--run-dir": run_dir}  # fmt: skip
     args = [str(a) for flag, value in flags.items() if value is not None for a in (flag, value)]
+    args += ["--on-incompatible", on_incompatible]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
     package_root = str(Path(__file__).resolve().parents[2])  # ranks import this same u1lib
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ from ..model.loading import load_model
 from ..model.offload import enable_swap, spread
 from ..model.u1 import PrefixKV, U1Model
 from ..prefix import UNCOND_ID, PrefixEncoder
-from ..provenance import git_commit, versions
+from ..provenance import git_commit, source_hash, versions
 from . import checkpoint as ckpt
 from .distributed import init_from_env
 from .metrics import THistogram, device_name, peak_gpu_bytes, peak_host_rss_bytes
@@ -45,6 +46,12 @@ class NonFiniteLoss(RuntimeError):
 
 class IncompatibleCheckpoint(ValueError):
     """A checkpoint written under settings that change the math of this run."""
+
+
+# sources whose change alters what a checkpoint's tensors mean (the math of a step or the data order)
+_STEP_SOURCES = ("model/u1.py", "model/layers.py", "model/rope.py", "model/embedders.py", "lora/adapter.py",
+                 "train/objectives.py", "train/timesteps.py", "data/reader.py", "prefix.py")  # fmt: skip
+ON_INCOMPATIBLE = ("refuse", "restart")
 
 
 class PrefixSource:
@@ -65,6 +72,23 @@ class PrefixSource:
     def mixed(self, ids: list[str], dropped: list[bool]) -> PrefixKV:
         """Each row's caption prefix, or the unconditional prefix where its condition is dropped."""
         return self._fetch([UNCOND_ID if d else i for i, d in zip(ids, dropped)])
+
+
+def lineage_differences(saved: dict, now: dict) -> list[str]:
+    """What differs between a checkpoint's lineage and this run's, one readable item each.
+
+    A setting the checkpoint does not mention (added to u1lib later) counts as its default value.
+    """
+    defaults = TrainSettings().compatibility()
+    saved_settings = {**defaults, **saved.get("settings", {})}
+    differ = [
+        f"train.{k}: checkpoint {saved_settings.get(k)!r}, now {v!r}"
+        for k, v in now["settings"].items()
+        if saved_settings.get(k) != v
+    ]
+    labels = {"model": "base model manifest", "data": "training data", "prompt": "prompt template/trigger", "engine": "engine code"}
+    differ += [f"{labels[k]}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in labels if saved.get(k) != now[k]]
+    return differ
 
 
 def lr_factor(step: int, s: TrainSettings) -> float:
@@ -88,8 +112,11 @@ def make_optimizer(params: list[torch.nn.Parameter], s: TrainSettings, device: t
 
 
 class Trainer:
-    def __init__(self, s: TrainSettings, *, snapshot_dir, manifest_path, train_parquet, val_parquet, cache_dir, run_dir, prompt=None):
-        self.s, self.run_dir = s, Path(run_dir)
+    def __init__(self, s: TrainSettings, *, snapshot_dir, manifest_path, train_parquet, val_parquet, cache_dir, run_dir,
+                 prompt=None, on_incompatible: str = "refuse"):  # fmt: skip
+        if on_incompatible not in ON_INCOMPATIBLE:
+            raise ValueError(f"on_incompatible {on_incompatible!r} is not one of {ON_INCOMPATIBLE}")
+        self.s, self.run_dir, self.on_incompatible = s, Path(run_dir), on_incompatible
         self.dist = init_from_env()
         self.device = resolve_device(s.device)
         if self.device.type == "cuda" and self.dist.active:
@@ -126,6 +153,14 @@ class Trainer:
             PackedDataset(val_path), self.prefixes, t_values=s.val_t, seed=s.val_seed,
             max_items=s.val_max_items, t_eps=self.t_eps, device=self.device,
         )  # fmt: skip
+        self.lineage = {
+            "settings": s.compatibility(),
+            "model": self.manifest.get("manifest_hash"),
+            "data": self.train_data.fingerprint(),
+            # the prompt the prefixes were made with: the cache records it, online mode is given it
+            "prompt": reader.info["prompt"] if s.memory_mode == "resident" else PromptSpec.from_dict(prompt or {}).to_dict(),
+            "engine": source_hash(*_STEP_SOURCES),
+        }
         self.generator = torch.Generator(device=self.device).manual_seed(s.seed)
         self.step, self.images_seen, self.dropped_total = 0, 0, 0
         self.t_hist = THistogram()
@@ -200,7 +235,7 @@ class Trainer:
                 "dropped_total": self.dropped_total,
                 "t_hist": self.t_hist.counts.tolist(),
                 "train_seconds": self.train_seconds,
-                "compatibility": self.s.compatibility(),
+                "lineage": self.lineage,
                 "world_size": self.dist.world_size,
             },
         )
@@ -212,14 +247,20 @@ class Trainer:
             print(f"warning: {problem}", file=sys.stderr)
         if state is None:
             return False
-        saved, now = state.info["compatibility"], self.s.compatibility()
-        differ = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        differ = lineage_differences(state.info.get("lineage", {}), self.lineage)
         if differ:
-            detail = "; ".join(f"train.{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}" for k in differ)
-            raise IncompatibleCheckpoint(
-                f"{self.run_dir / 'checkpoints'} was written with different settings ({detail}). "
-                "Restore those settings, or delete the checkpoints folder to start over."
-            )
+            folder = self.run_dir / "checkpoints"
+            detail = "; ".join(differ)
+            if self.on_incompatible == "refuse":
+                raise IncompatibleCheckpoint(
+                    f"{folder} was written with different settings ({detail}). Restore those settings, "
+                    "or start over: delete that folder (or pass --on-incompatible restart)."
+                )
+            aside = folder.with_name("checkpoints.previous")
+            shutil.rmtree(aside, ignore_errors=True)
+            folder.rename(aside)
+            print(f"warning: starting over; {folder} came from other settings ({detail}); moved to {aside}", file=sys.stderr)
+            return False
         params = dict(zip(self.trainable_names, self.params))
         with torch.no_grad():
             for name, tensor in state.trainable.items():
@@ -398,14 +439,20 @@ class Progress:
         print(("\r" + line) if self.tty else line, end="" if self.tty and step < self.total else "\n", file=sys.stderr, flush=True)
 
 
-def train(settings: dict, *, snapshot_dir, manifest_path, train_parquet, val_parquet, cache_dir, run_dir, prompt=None) -> dict:
-    """Train (or resume) one run; writes adapter.safetensors, metrics.json, config.json and the logs."""
+def train(settings: dict, *, snapshot_dir, manifest_path, train_parquet, val_parquet, cache_dir, run_dir, prompt=None,
+          on_incompatible: str = "refuse") -> dict:  # fmt: skip
+    """Train (or resume) one run; writes adapter.safetensors, metrics.json, config.json and the logs.
+
+    ``on_incompatible``: what to do with checkpoints from other settings, data, model or engine code:
+    ``refuse`` (name the differences and stop) or ``restart`` (move them aside and start over; the
+    workflow's choice, since Snakemake reruns a job exactly when such an input changed).
+    """
     s = TrainSettings.from_dict(settings)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(
         s, snapshot_dir=snapshot_dir, manifest_path=manifest_path, train_parquet=train_parquet,
-        val_parquet=val_parquet, cache_dir=cache_dir, run_dir=run_dir, prompt=prompt,
+        val_parquet=val_parquet, cache_dir=cache_dir, run_dir=run_dir, prompt=prompt, on_incompatible=on_incompatible,
     )  # fmt: skip
     trainer.fit()
     return trainer.save({"train": s.to_dict(), "prompt": prompt or {}})
@@ -420,11 +467,14 @@ def cli(verb: str, argv: list[str]) -> int:
     parser.add_argument("--val-data", type=Path, help="val.parquet (default: a fixed subset of train)")
     parser.add_argument("--cache", type=Path, help="prefix cache dir (not needed with memory_mode online_prefix)")
     parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--on-incompatible", choices=ON_INCOMPATIBLE, default="refuse",
+                        help="checkpoints from other settings/data/code: refuse (default) or restart from scratch")  # fmt: skip
     args = parser.parse_args(argv)
     with open(args.config, encoding="utf-8") as handle:
         raw = yaml.safe_load(handle) or {}
     train(
         raw.get("train", {}), snapshot_dir=args.snapshot, manifest_path=args.manifest, train_parquet=args.train_data,
         val_parquet=args.val_data, cache_dir=args.cache, run_dir=args.run_dir, prompt=raw.get("prompt"),
+        on_incompatible=args.on_incompatible,
     )  # fmt: skip
     return 0

@@ -55,7 +55,9 @@ class TrainSettings:
     upstream_lora: dict | None = None  # {"path": ..., "skip": [...]}
 
     # settings that may change between a checkpoint and its resume without changing the math
-    RESUMABLE_CHANGES = ("steps", "val_every", "ckpt_every", "keep_checkpoints", "log_every", "device")
+    # (memory and speed modes are tested to give the same numbers, so they may change too)
+    RESUMABLE_CHANGES = ("steps", "val_every", "ckpt_every", "keep_checkpoints", "log_every", "device",
+                         "memory_mode", "checkpointing", "swap_layers", "keep_attention", "compile")  # fmt: skip
 
     def __post_init__(self):
         problems = []
