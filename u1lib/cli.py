@@ -13,6 +13,7 @@ VERBS = {
     "snapshot": ("u1lib.hub", "Download or build a model snapshot and write its manifest"),
     "verify": ("u1lib.hub", "Check a snapshot against its manifest (sizes and sha256)"),
     "install-modeling": ("u1lib.hub", "Verify upstream modeling files against sha256 pins and install them"),
+    "demo": ("u1lib.data.demo", "Write the demo photos (from scikit-image) and captions as a folder"),
     "pack": ("u1lib.data.pack", "Pack a folder of captioned images into parquet"),
     "inspect-data": ("u1lib.data.pack", "Summarise a packed parquet file"),
     "cache": ("u1lib.cache", "Precompute prefix K/V of every caption"),

@@ -59,3 +59,10 @@ def test_bad_caption_files(tmp_path, text, message):
     (tmp_path / "captions.yaml").write_text(text)
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         write_demo_folder(tmp_path / "captions.yaml", tmp_path / "demo")
+
+
+def test_demo_verb_writes_the_folder(tmp_path):
+    from u1lib.cli import main
+
+    assert main(["demo", "--out", str(tmp_path / "photos")]) == 0
+    assert len(list((tmp_path / "photos").glob("*.txt"))) == 8

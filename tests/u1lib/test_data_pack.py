@@ -272,3 +272,11 @@ def test_pack_verb_does_not_import_torch(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_pack_to_one_file(tmp_path):
+    src = make_folder(tmp_path / "src", count=3)
+    assert cli("pack", [str(src), "--out", str(tmp_path / "all.parquet"), "--buckets", "area:4096", "--token-size", "8"]) == 0
+    assert pq.read_table(tmp_path / "all.parquet").num_rows == 3
+    assert json.loads((tmp_path / "all.stats.json").read_text())["counts"]["usable"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.parquet", "all.stats.json", "src"]  # no scratch left

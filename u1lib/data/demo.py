@@ -8,8 +8,11 @@ downloads, so it works offline.
 
 from __future__ import annotations
 
+import argparse
+
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import yaml
@@ -72,3 +75,18 @@ def write_demo_folder(captions_yaml: str | os.PathLike, out_dir: str | os.PathLi
         write_bytes(out_dir / name, (data_dir / name).read_bytes())
         write_text(out_dir / (Path(name).stem + CAPTION_SUFFIX), " ".join(caption.split()) + "\n")
     return sorted(Path(name).stem for name in captions)
+
+
+def cli(verb: str, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m u1lib {verb}", description="Write the demo photos + captions as a folder.")
+    parser.add_argument("--out", required=True, type=Path, help="folder to write <id>.<ext> + <id>.txt into")
+    default = Path(__file__).resolve().parents[2] / "config" / "demo_captions.yaml"
+    parser.add_argument("--captions", type=Path, default=default, help="YAML of file name -> caption")
+    args = parser.parse_args(argv)
+    try:
+        ids = write_demo_folder(args.captions, args.out)
+    except (OSError, ValueError) as err:
+        print(f"{verb}: {err}", file=sys.stderr)
+        return 1
+    print(f"{len(ids)} demo photos -> {args.out}")
+    return 0

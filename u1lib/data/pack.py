@@ -244,7 +244,9 @@ def cli(verb: str, argv: list[str]) -> int:
 def _cli_pack(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m u1lib pack", description=__doc__.split("\n")[0])
     parser.add_argument("src", help="folder of <id>.<jpg|jpeg|png|webp> + <id>.txt, or a .parquet file")
-    parser.add_argument("--out-dir", required=True, help="where train.parquet, val.parquet, stats.json go")
+    out = parser.add_mutually_exclusive_group(required=True)
+    out.add_argument("--out-dir", help="where train.parquet, val.parquet, stats.json go")
+    out.add_argument("--out", help="one FILE.parquet of every usable item (no split), stats in FILE.stats.json")
     parser.add_argument("--buckets", default="official", help="'official' (8B, ~4 MP) or 'area:<pixels>'")
     parser.add_argument("--token-size", type=int, default=32, help="bucket sides are multiples of this (8B: 32)")
     parser.add_argument(
@@ -257,20 +259,30 @@ def _cli_pack(argv: list[str]) -> int:
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--strict", action="store_true", help="any bad item is an error")
     args = parser.parse_args(argv)
+    if args.out and args.val_count:
+        parser.error("--out writes one file without a validation split; use --out-dir with --val-count")
     try:
         spec = BucketSpec.parse(args.buckets, args.token_size, args.min_source_fraction)
-        pack(
-            args.src,
-            args.out_dir,
-            buckets=spec,
-            val_count=args.val_count,
-            split_seed=args.split_seed,
-            strict=args.strict,
-        )
+        options = dict(buckets=spec, val_count=args.val_count, split_seed=args.split_seed, strict=args.strict)
+        if args.out_dir:
+            pack(args.src, args.out_dir, **options)
+        else:
+            _pack_to_file(args.src, Path(args.out), options)
     except ValueError as err:  # PackError, SourceError, BucketError and bad files
         print(f"pack: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def _pack_to_file(src: str, out: Path, options: dict) -> None:
+    """Pack into a scratch folder beside ``out``, then move the one parquet and its stats into place."""
+    if out.suffix != ".parquet":
+        raise PackError(f"--out {out}: the file name must end in .parquet")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as scratch:
+        pack(src, scratch, **options)
+        os.replace(Path(scratch) / "train.parquet", out)
+        os.replace(Path(scratch) / "stats.json", out.with_suffix(".stats.json"))
 
 
 def _cli_inspect(argv: list[str]) -> int:
