@@ -159,9 +159,10 @@ class PrefixCacheReader:
         handle = self._handle(self.shard_of[sample_id])
         k, v = handle.get_tensor(f"{sample_id}.k"), handle.get_tensor(f"{sample_id}.v")
         to = dict(device=self.device, dtype=self.dtype or k.dtype, non_blocking=True)
+        k, v = k.to(**to), v.to(**to)  # one copy each; layers are views of it
         return PrefixKV(
-            [layer[None].to(**to) for layer in k],
-            [layer[None].to(**to) for layer in v],
+            [layer[None] for layer in k],
+            [layer[None] for layer in v],
             torch.tensor([k.shape[2]], dtype=torch.long, device=self.device),
         )
 

@@ -161,3 +161,24 @@ def test_impossible_settings_are_refused():
         BucketBatchSampler(fake_dataset(), batch_size=2, seed=0).shard(2, 2)
     with pytest.raises(ValueError, match="batch_size"):
         BucketBatchSampler(fake_dataset(), batch_size=0, seed=0)
+
+
+def test_peek_announces_the_next_batch_across_epochs():
+    sampler = BucketBatchSampler(fake_dataset(), batch_size=2, seed=3)
+    for _ in range(3 * len(sampler)):
+        announced = sampler.peek()
+        batch = next(iter(sampler))
+        assert batch == announced
+
+
+def test_prefetcher_gives_the_batch_asked_for(packed):
+    from u1lib.train.prefetch import BatchPrefetcher
+
+    dataset = PackedDataset(packed)
+    loader = BatchPrefetcher(dataset, pin_memory=False)
+    loader.prefetch([0])
+    ids, images = loader.load([1])  # a different batch than announced: loaded on demand
+    assert ids == [dataset.sample_ids[1]]
+    loader.prefetch([0])
+    ids, prefetched = loader.load([0])
+    assert ids == [dataset.sample_ids[0]] and torch.equal(prefetched, dataset.load_batch([0])[1])

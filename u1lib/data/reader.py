@@ -184,6 +184,13 @@ class BucketBatchSampler:
             self.position += 1
             yield batch
 
+    def peek(self) -> list[int]:
+        """The batch the next iteration will yield, without consuming it (for prefetching)."""
+        batches = self.epoch_batches(self.epoch)
+        if self.position < len(batches):
+            return batches[self.position]
+        return self.epoch_batches(self.epoch + 1)[0]
+
     def state_dict(self) -> dict:
         return {
             "epoch": self.epoch, "position": self.position, "seed": self.seed, "batch_size": self.batch_size,

@@ -35,6 +35,7 @@ from . import checkpoint as ckpt
 from .distributed import init_from_env
 from .metrics import THistogram, device_name, peak_gpu_bytes, peak_host_rss_bytes
 from .objectives import flow_loss
+from .prefetch import BatchPrefetcher
 from .settings import TrainSettings
 from .timesteps import sample_t
 from .validation import Validator
@@ -137,6 +138,7 @@ class Trainer:
         self.ema = {n: p.detach().clone() for n, p in zip(self.trainable_names, self.params)} if s.ema else {}
         self.train_data = PackedDataset(train_parquet)
         self.sampler = BucketBatchSampler(self.train_data, s.batch_size, seed=s.seed, drop_last=True)
+        self.loader = BatchPrefetcher(self.train_data, pin_memory=self.device.type == "cuda")
         captions = {}
         if s.memory_mode == "online_prefix":
             spec = PromptSpec.from_dict(prompt or {})
@@ -298,7 +300,9 @@ class Trainer:
         batch = self._next_batch()
         n = len(batch)
         part = self.dist.slice(n)  # every rank draws the global batch's random numbers, reads only its rows
-        ids, images = self.train_data.load_batch(batch[part])
+        ids, images = self.loader.load(batch[part])
+        upcoming = self.sampler.peek()
+        self.loader.prefetch(upcoming[self.dist.slice(len(upcoming))])
         t = sample_t(n, s.t_dist, self.generator, t_eps=self.t_eps, mean=s.t_mean, std=s.t_std, shift=s.t_shift)
         noise = torch.randn((n, *images.shape[1:]), generator=self.generator, device=self.device)
         dropped = (torch.rand(n, generator=self.generator, device=self.device) < s.cond_dropout).tolist()
