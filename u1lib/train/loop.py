@@ -139,20 +139,21 @@ class Trainer:
         self.train_data = PackedDataset(train_parquet)
         self.sampler = BucketBatchSampler(self.train_data, s.batch_size, seed=s.seed, drop_last=True)
         self.loader = BatchPrefetcher(self.train_data, pin_memory=self.device.type == "cuda")
+        val_data = PackedDataset(val_parquet) if val_parquet else None
         captions = {}
         if s.memory_mode == "online_prefix":
             spec = PromptSpec.from_dict(prompt or {})
             encoder = PrefixEncoder(self.model, load_tokenizer(snapshot_dir), spec, self.device)
-            for path in filter(None, (train_parquet, val_parquet)):
-                data = PackedDataset(path)
+            for data in filter(None, (self.train_data, val_data)):
                 captions.update(zip(data.sample_ids, data.texts()))
             self.prefixes = PrefixSource(cache=None, encoder=encoder, captions=captions, dtype=self.base_dtype)
         else:
             reader = PrefixCacheReader(cache_dir, device=self.device, dtype=self.base_dtype)
             self.prefixes = PrefixSource(cache=reader, encoder=None, captions=captions, dtype=self.base_dtype)
-        val_path = val_parquet if val_parquet and len(PackedDataset(val_parquet)) else train_parquet
+        if val_data is None or not len(val_data):
+            val_data = PackedDataset(train_parquet)  # a reader of its own: the prefetch thread uses train_data's
         self.validator = Validator(
-            PackedDataset(val_path), self.prefixes, t_values=s.val_t, seed=s.val_seed,
+            val_data, self.prefixes, t_values=s.val_t, seed=s.val_seed,
             max_items=s.val_max_items, t_eps=self.t_eps, device=self.device,
         )  # fmt: skip
         self.lineage = {
