@@ -21,8 +21,7 @@ from snakemake.utils import validate
 import u1lib
 from u1lib.grid import BASE, GridError, apply_overrides, describe
 from u1lib.grid import expand as expand_grid  # Snakemake has its own expand
-from u1lib.io import sha256_file
-from u1lib.provenance import git_commit
+from u1lib.provenance import git_commit, source_hash
 
 WORKFLOW_DIR = Path(workflow.basedir)
 
@@ -224,13 +223,10 @@ def code_files(patterns: list[str]) -> list[Path]:
 
 
 def code_hash(patterns: list[str]) -> str:
-    """sha256 over the bytes of the stage's u1lib files (with their names), shortened."""
-    digest = hashlib.sha256()
-    for path in code_files(patterns):
-        digest.update(
-            f"{path.relative_to(PACKAGE_DIR)}\0{sha256_file(path)}\n".encode()
-        )
-    return digest.hexdigest()[:16]
+    """Hash of the stage's u1lib files (names and bytes), as u1lib hashes its own sources."""
+    return source_hash(
+        *(str(path.relative_to(PACKAGE_DIR)) for path in code_files(patterns))
+    )
 
 
 CODE_HASH = {stage: code_hash(patterns) for stage, patterns in STAGE_CODE.items()}

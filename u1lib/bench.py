@@ -34,7 +34,7 @@ from .model.u1 import PrefixKV, U1Model, checkpointed_layers
 from .provenance import git_commit, versions
 from .settings import from_section
 from .train.distributed import init_from_env
-from .train.metrics import device_name
+from .train.metrics import device_name, peak_host_rss_bytes
 from .train.objectives import flow_loss
 from .train.timesteps import sample_t
 
@@ -164,23 +164,11 @@ class Recorder:
             torch.cuda.reset_peak_memory_stats(self.device)
 
     def read(self) -> dict:
-        out = {"host_rss_peak_gib": _host_peak_bytes() / GIB}
+        out = {"host_rss_peak_gib": peak_host_rss_bytes() / GIB}
         if self.device.type == "cuda":
             out["gpu_peak_allocated_gib"] = torch.cuda.max_memory_allocated(self.device) / GIB
             out["gpu_peak_reserved_gib"] = torch.cuda.max_memory_reserved(self.device) / GIB
         return out
-
-
-def _host_peak_bytes() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def time_calls(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> list[float]:

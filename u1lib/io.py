@@ -59,18 +59,27 @@ def read_json(path: str | os.PathLike):
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one line and flush it, so a killed process loses at most the line being written."""
     with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, sort_keys=True) + "\n")
+        handle.write(json.dumps(record, sort_keys=True) + "\n")  # the format write_jsonl uses
         handle.flush()
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """All complete lines; a torn last line (killed writer) is ignored."""
+    """All complete lines; a torn last line (killed writer) is ignored, any other bad line names the file."""
     records = []
     with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.endswith("\n"):
+        for number, line in enumerate(handle, start=1):
+            if not line.endswith("\n"):
+                continue
+            try:
                 records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}: line {number} is not valid JSON ({err})") from None
     return records
+
+
+def write_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
+    """Replace a JSONL file atomically, in the line format append_jsonl writes."""
+    write_text(path, "".join(json.dumps(record, sort_keys=True) + "\n" for record in records))
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -9,7 +9,6 @@ downloads, so it works offline.
 from __future__ import annotations
 
 import argparse
-
 import importlib.util
 import os
 import sys

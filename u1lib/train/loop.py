@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import shutil
 import sys
@@ -22,7 +21,7 @@ import yaml
 from ..cache import PrefixCacheReader, resolve_device
 from ..data.prompts import PromptSpec, load_tokenizer
 from ..data.reader import BucketBatchSampler, PackedDataset
-from ..io import append_jsonl, read_json, read_jsonl, write_json, write_text
+from ..io import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
 from ..lora.adapter import wrap
 from ..lora.io import adapter_metadata, bake_lora, read_lora_file, save_adapter
 from ..lora.spec import expand_preset, resolve_full_ft, resolve_spec
@@ -287,7 +286,7 @@ class Trainer:
                 path = self.run_dir / log
                 if path.exists():  # drop lines written after the checkpoint (they will be redone)
                     kept = [r for r in read_jsonl(path) if r["step"] <= self.step]
-                    write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+                    write_jsonl(path, kept)
         return True
 
     # fit ------------------------------------------------------------------------------------

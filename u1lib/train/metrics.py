@@ -5,14 +5,21 @@ from __future__ import annotations
 import platform
 import resource
 import sys
+from pathlib import Path
 
 import torch
 
 
 def peak_host_rss_bytes() -> int:
-    """Peak resident set size of this process (Linux reports KiB)."""
+    """Peak resident set size of this process: VmHWM on Linux (resettable through clear_refs), else ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return usage if sys.platform == "darwin" else usage * 1024
+    return usage if sys.platform == "darwin" else usage * 1024  # macOS reports bytes, Linux KiB
 
 
 def peak_gpu_bytes(device: torch.device) -> int | None:

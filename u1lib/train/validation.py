@@ -30,7 +30,7 @@ class Validator:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
             noise = torch.randn((n_t, *image.shape[1:]), generator=generator)
             images = image.expand(n_t, -1, -1, -1).to(self.device)
-            prefix = self.prefixes.cond(ids * n_t)
+            prefix = self.prefixes.cond(ids).repeat(n_t)  # read (or computed) once for the whole t grid
             with autocast():
                 out = flow_loss(
                     model, images, prefix, self.t_values.to(self.device), noise.to(self.device),
