@@ -9,7 +9,8 @@ import torch
 from u1lib.io import read_json, read_jsonl
 from u1lib.train import loop
 from u1lib.train.checkpoint import list_checkpoints
-from u1lib.train.loop import IncompatibleCheckpoint, NonFiniteLoss, train
+from u1lib.train.loop import NonFiniteLoss, train
+from u1lib.train.resume import IncompatibleCheckpoint
 
 BASE = {
     "steps": 6, "batch_size": 2, "lr": 2e-3, "lora": "attn=r4a4;mlp=r4a4", "full_ft": [r"fm_modules\.fm_head\.2\..*"],
@@ -89,9 +90,12 @@ def test_incompatible_checkpoint_is_refused_with_the_difference(tiny_workspace, 
             _run(tiny_workspace, tmp_path / "run")
     with pytest.raises(IncompatibleCheckpoint, match=r"train\.loss_type: checkpoint 'x0', now 'v'"):
         _run(tiny_workspace, tmp_path / "run", loss_type="v")
-    # a change that does not alter the math (more steps) resumes
-    metrics = _run(tiny_workspace, tmp_path / "run", steps=8)
-    assert metrics["steps"] == 8
+    # under a cosine schedule the step count shapes the learning rate: more steps must not resume silently
+    with pytest.raises(IncompatibleCheckpoint, match=r"train\.steps: checkpoint 6, now 8"):
+        _run(tiny_workspace, tmp_path / "run", steps=8)
+    # a change that does not alter the math (how often to validate) resumes
+    metrics = _run(tiny_workspace, tmp_path / "run", val_every=2)
+    assert metrics["steps"] == BASE["steps"]
 
 
 def test_online_prefix_gives_the_same_losses_as_cached(tiny_workspace, tmp_path):
@@ -192,7 +196,7 @@ def test_restart_policy_moves_stale_checkpoints_aside(tiny_workspace, tmp_path, 
 
 
 def test_lineage_fills_settings_added_later_and_names_other_differences():
-    from u1lib.train.loop import lineage_differences
+    from u1lib.train.resume import lineage_differences
     from u1lib.train.settings import TrainSettings
 
     now = {"settings": TrainSettings().compatibility(), "model": "m", "data": "d", "prompt": {}, "engine": "e1"}

@@ -1,7 +1,10 @@
-"""Full-state checkpoints (trainable tensors, optimizer, EMA, RNG, data cursor) as safetensors + JSON.
+"""Full-state checkpoints (trainable tensors, optimizer, EMA, RNG, data cursor, loss history) as
+safetensors + JSON.
 
 Each checkpoint is a folder ``step-00000123`` built under a temporary name and renamed into place,
 so a crash or a full disk during a save leaves the previous checkpoint intact and no partial one.
+The train/validation logs up to the checkpoint's step travel inside it: a workflow job that fails
+loses its declared log files (Snakemake deletes them), and a resume restores them from here.
 """
 
 from __future__ import annotations
@@ -9,15 +12,16 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..io import read_json, write_json
+from ..io import read_json, read_jsonl, write_json, write_jsonl
 
 PREFIX = "step-"
+LOG_NAMES = ("train_log.jsonl", "val_log.jsonl")
 
 
 @dataclass
@@ -29,6 +33,7 @@ class TrainState:
     ema: dict[str, torch.Tensor]
     rng: dict[str, torch.Tensor]
     info: dict  # json-able: sampler, scheduler, compatibility, counters
+    logs: dict[str, list[dict]] = field(default_factory=dict)  # LOG_NAMES -> records up to ``step``
 
 
 def _fsync_dir(path: Path) -> None:
@@ -49,6 +54,8 @@ def save_checkpoint(root: Path, state: TrainState, keep: int) -> Path:
         save_file({k: v.detach().cpu().contiguous() for k, v in state.ema.items()}, str(tmp / "ema.safetensors"))
         save_file({k: v.cpu().contiguous() for k, v in state.rng.items()}, str(tmp / "rng.safetensors"))
         write_json(tmp / "state.json", {"step": state.step, "optimizer_scalars": state.optimizer_scalars, **state.info})
+        for name, records in state.logs.items():
+            write_jsonl(tmp / name, records)
         for name in os.listdir(tmp):
             with open(tmp / name, "rb") as handle:
                 os.fsync(handle.fileno())
@@ -68,7 +75,13 @@ def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints, oldest first (temporary folders of interrupted saves are ignored)."""
     if not root.exists():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+    return sorted(
+        p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX) :].isdigit()
+    )
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name[len(PREFIX) :])
 
 
 def load_checkpoint(path: Path) -> TrainState:
@@ -81,13 +94,16 @@ def load_checkpoint(path: Path) -> TrainState:
         ema=load_file(path / "ema.safetensors"),
         rng=load_file(path / "rng.safetensors"),
         info=info,
+        logs={name: read_jsonl(path / name) for name in LOG_NAMES if (path / name).exists()},
     )
 
 
-def newest_valid(root: Path) -> tuple[TrainState | None, list[str]]:
-    """The newest checkpoint that reads back completely; problems with newer broken ones are returned."""
+def newest_valid(root: Path, max_step: int | None = None) -> tuple[TrainState | None, list[str]]:
+    """The newest checkpoint (at most ``max_step``) that reads back completely; problems with newer
+    broken ones are returned."""
     problems = []
-    for path in reversed(list_checkpoints(root)):
+    candidates = [p for p in list_checkpoints(root) if max_step is None or checkpoint_step(p) <= max_step]
+    for path in reversed(candidates):
         try:
             return load_checkpoint(path), problems
         except Exception as err:  # a damaged checkpoint: fall back to the one before

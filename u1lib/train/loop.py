@@ -1,17 +1,17 @@
 """The training recipe: setup -> fit -> save. ``python -m u1lib train CONFIG.yaml --run-dir DIR ...``.
 
 Loads only the generation tower and fm modules (plus the understanding tower in online-prefix
-mode), wraps LoRA per spec, trains, checkpoints every N steps into ``run_dir/checkpoints`` and
-resumes from the newest valid checkpoint when the same command runs again.
+mode), wraps LoRA per spec, trains, checkpoints every N steps and at the end into
+``run_dir/checkpoints``, and resumes from the newest qualifying checkpoint when the same command runs
+again (train/resume.py says which qualify).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import math
-import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -21,94 +21,46 @@ import yaml
 from ..cache import PrefixCacheReader, resolve_device
 from ..data.prompts import PromptSpec, load_tokenizer
 from ..data.reader import BucketBatchSampler, PackedDataset
-from ..io import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
+from ..io import read_json, write_json
 from ..lora.adapter import wrap
 from ..lora.io import adapter_metadata, bake_lora, read_lora_file, save_adapter
 from ..lora.spec import expand_preset, resolve_full_ft, resolve_spec
 from ..model.loading import load_model
 from ..model.offload import enable_swap, spread
-from ..model.u1 import PrefixKV, U1Model
-from ..prefix import UNCOND_ID, PrefixEncoder
+from ..model.u1 import U1Model
+from ..prefix import PrefixEncoder
 from ..provenance import git_commit, source_hash, versions
 from . import checkpoint as ckpt
 from .distributed import init_from_env
 from .metrics import THistogram, device_name, peak_gpu_bytes, peak_host_rss_bytes
 from .objectives import flow_loss
+from .optim import lr_factor, make_optimizer
 from .prefetch import BatchPrefetcher
+from .prefixes import PrefixSource
+from .progress import TrainProgress
+from .resume import ON_INCOMPATIBLE, choose_checkpoint
+from .run_folder import TRAIN_LOG, VAL_LOG, RunLogs, run_lock
 from .settings import TrainSettings
+from .stop import TrainingInterrupted, stop_on_signals
 from .timesteps import sample_t
 from .validation import Validator
+
+log = logging.getLogger(__name__)
+
+# sources whose change alters what a checkpoint's tensors mean (the math of a step, the schedule, the
+# optimizer or the data order); an edit to any of them makes a resume refuse (or, in the workflow, restart)
+_STEP_SOURCES = ("model/u1.py", "model/layers.py", "model/rope.py", "model/embedders.py", "lora/adapter.py",
+                 "train/loop.py", "train/optim.py", "train/prefixes.py", "train/objectives.py",
+                 "train/timesteps.py", "data/reader.py", "prefix.py")  # fmt: skip
 
 
 class NonFiniteLoss(RuntimeError):
     """Training produced NaN/inf; the run stops and the last good checkpoint stays."""
 
 
-class IncompatibleCheckpoint(ValueError):
-    """A checkpoint written under settings that change the math of this run."""
-
-
-# sources whose change alters what a checkpoint's tensors mean (the math of a step or the data order)
-_STEP_SOURCES = ("model/u1.py", "model/layers.py", "model/rope.py", "model/embedders.py", "lora/adapter.py",
-                 "train/objectives.py", "train/timesteps.py", "data/reader.py", "prefix.py")  # fmt: skip
-ON_INCOMPATIBLE = ("refuse", "restart")
-
-
-class PrefixSource:
-    """Conditional / unconditional prefixes for sample ids, from the cache or computed online."""
-
-    def __init__(self, *, cache: PrefixCacheReader | None, encoder: PrefixEncoder | None, captions: dict, dtype):
-        self.cache, self.encoder, self.captions, self.dtype = cache, encoder, captions, dtype
-
-    def _fetch(self, ids: list[str]) -> PrefixKV:
-        if self.cache is not None:
-            return self.cache.get(ids)
-        rows = [self.encoder.uncond_ids() if i == UNCOND_ID else self.encoder.token_ids(*self.captions[i]) for i in ids]
-        return self.encoder.encode_ids(rows).to(dtype=self.dtype)
-
-    def cond(self, ids: list[str]) -> PrefixKV:
-        return self._fetch(ids)
-
-    def mixed(self, ids: list[str], dropped: list[bool]) -> PrefixKV:
-        """Each row's caption prefix, or the unconditional prefix where its condition is dropped."""
-        return self._fetch([UNCOND_ID if d else i for i, d in zip(ids, dropped)])
-
-
-def lineage_differences(saved: dict, now: dict) -> list[str]:
-    """What differs between a checkpoint's lineage and this run's, one readable item each.
-
-    A setting the checkpoint does not mention (added to u1lib later) counts as its default value.
-    """
-    defaults = TrainSettings().compatibility()
-    saved_settings = {**defaults, **saved.get("settings", {})}
-    differ = [
-        f"train.{k}: checkpoint {saved_settings.get(k)!r}, now {v!r}"
-        for k, v in now["settings"].items()
-        if saved_settings.get(k) != v
-    ]
-    labels = {"model": "base model manifest", "data": "training data", "prompt": "prompt template/trigger", "engine": "engine code"}
-    differ += [f"{labels[k]}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in labels if saved.get(k) != now[k]]
-    return differ
-
-
-def lr_factor(step: int, s: TrainSettings) -> float:
-    if step < s.warmup_steps:
-        return (step + 1) / s.warmup_steps
-    if s.schedule == "constant":
-        return 1.0
-    progress = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
-    return s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def make_optimizer(params: list[torch.nn.Parameter], s: TrainSettings, device: torch.device):
-    if s.optimizer == "adamw8bit":
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            raise RuntimeError("train.optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes") from None
-        return bnb.optim.AdamW8bit(params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay, fused=fused)
+def dataset_record(data: PackedDataset) -> dict:
+    """Which data an adapter was trained or validated on: a content fingerprint, not a path."""
+    return {"file": data.path.name, "rows": len(data), "fingerprint": data.fingerprint()}
 
 
 class Trainer:
@@ -118,57 +70,81 @@ class Trainer:
             raise ValueError(f"on_incompatible {on_incompatible!r} is not one of {ON_INCOMPATIBLE}")
         self.s, self.run_dir, self.on_incompatible = s, Path(run_dir), on_incompatible
         self.dist = init_from_env()
-        self.device = resolve_device(s.device)
-        if self.device.type == "cuda" and self.dist.active:
-            self.device = torch.device("cuda", torch.cuda.current_device())
-        use_bf16 = s.precision == "bf16" or (s.precision == "auto" and self.device.type == "cuda")
-        self.base_dtype = torch.bfloat16 if use_bf16 else torch.float32
+        self.device, self.base_dtype = self._choose_device()
         self.manifest = read_json(manifest_path)
-        groups = ["gen", "fm"] + (["und", "embed"] if s.memory_mode == "online_prefix" else [])
-        self.model: U1Model = load_model(snapshot_dir, groups, device=self.device, dtype=self.base_dtype)
-        cfg = self.model.config
-        self.t_eps = cfg.t_eps if s.t_eps is None else s.t_eps
+        self.train_data, self.val_data, self.val_source = self._open_data(Path(train_parquet), val_parquet)
+        cache = self._open_cache(cache_dir)  # before the model loads: a cache that cannot serve fails fast
+        self.model = self._load_model(snapshot_dir)
+        self.t_eps = self.model.config.t_eps if s.t_eps is None else s.t_eps
         self.baked = self._bake_upstream_lora()
         self.trainable_names, self.full_ft = self._make_trainable()
         params = dict(self.model.named_parameters())
         self.params = [params[n] for n in self.trainable_names]
-        self._memory_plan(cfg.num_hidden_layers)
+        self._memory_plan(self.model.config.num_hidden_layers)
         self.optimizer = make_optimizer(self.params, s, self.device)
         self.ema = {n: p.detach().clone() for n, p in zip(self.trainable_names, self.params)} if s.ema else {}
-        self.train_data = PackedDataset(train_parquet)
         self.sampler = BucketBatchSampler(self.train_data, s.batch_size, seed=s.seed, drop_last=True)
         self.loader = BatchPrefetcher(self.train_data, pin_memory=self.device.type == "cuda")
-        val_data = PackedDataset(val_parquet) if val_parquet else None
-        captions = {}
-        if s.memory_mode == "online_prefix":
-            spec = PromptSpec.from_dict(prompt or {})
-            encoder = PrefixEncoder(self.model, load_tokenizer(snapshot_dir), spec, self.device)
-            for data in filter(None, (self.train_data, val_data)):
-                captions.update(zip(data.sample_ids, data.texts()))
-            self.prefixes = PrefixSource(cache=None, encoder=encoder, captions=captions, dtype=self.base_dtype)
-        else:
-            reader = PrefixCacheReader(cache_dir, device=self.device, dtype=self.base_dtype)
-            self.prefixes = PrefixSource(cache=reader, encoder=None, captions=captions, dtype=self.base_dtype)
-        if val_data is None or not len(val_data):
-            val_data = PackedDataset(train_parquet)  # a reader of its own: the prefetch thread uses train_data's
+        self.prefixes = self._prefix_source(cache, snapshot_dir, prompt)
         self.validator = Validator(
-            val_data, self.prefixes, t_values=s.val_t, seed=s.val_seed,
+            self.val_data, self.prefixes, t_values=s.val_t, seed=s.val_seed,
             max_items=s.val_max_items, t_eps=self.t_eps, device=self.device,
         )  # fmt: skip
-        self.lineage = {
-            "settings": s.compatibility(),
-            "model": self.manifest.get("manifest_hash"),
-            "data": self.train_data.fingerprint(),
-            # the prompt the prefixes were made with: the cache records it, online mode is given it
-            "prompt": reader.info["prompt"] if s.memory_mode == "resident" else PromptSpec.from_dict(prompt or {}).to_dict(),
-            "engine": source_hash(*_STEP_SOURCES),
-        }
+        self.lineage = self._lineage(cache, prompt)
+        self.logs = RunLogs(self.run_dir, writes=self.dist.is_main)
         self.generator = torch.Generator(device=self.device).manual_seed(s.seed)
         self.step, self.images_seen, self.dropped_total = 0, 0, 0
         self.t_hist = THistogram()
         self.train_seconds = 0.0
+        self.progress = TrainProgress(s.steps, 0)
 
     # setup --------------------------------------------------------------------------------
+    def _choose_device(self) -> tuple[torch.device, torch.dtype]:
+        device = resolve_device(self.s.device)
+        if device.type == "cuda" and self.dist.active:
+            device = torch.device("cuda", torch.cuda.current_device())
+        use_bf16 = self.s.precision == "bf16" or (self.s.precision == "auto" and device.type == "cuda")
+        return device, torch.bfloat16 if use_bf16 else torch.float32
+
+    def _open_data(self, train_parquet: Path, val_parquet) -> tuple[PackedDataset, PackedDataset, str]:
+        """Training rows and the rows the validation loss is measured on (held out, or said otherwise)."""
+        train_data = PackedDataset(train_parquet)
+        if not len(train_data):
+            raise ValueError(f"{train_parquet}: no rows to train on; re-run pack on a folder with usable images")
+        if val_parquet is None:
+            log.warning("no validation data given: the validation loss is measured on training images of %s, "
+                        "not held-out ones", train_parquet)  # fmt: skip
+            return train_data, PackedDataset(train_parquet), "train"  # own reader: the prefetch thread uses train's
+        val_data = PackedDataset(val_parquet)
+        if not len(val_data):
+            raise ValueError(
+                f"{val_parquet}: no rows, so there is nothing to validate on. Pack with --val-count N "
+                "(dataset.val_count in the workflow), or leave --val-data out to measure the loss on training images"
+            )
+        return train_data, val_data, "held-out"
+
+    def _open_cache(self, cache_dir) -> PrefixCacheReader | None:
+        """The prefix cache, checked to hold every row of both data files and to come from this model."""
+        if self.s.memory_mode != "resident":
+            return None
+        if cache_dir is None:
+            raise ValueError("train.memory_mode resident reads prefixes from a cache: pass --cache DIR (built by "
+                             "`python -m u1lib cache`), or set train.memory_mode: online_prefix")  # fmt: skip
+        reader = PrefixCacheReader(cache_dir, device=self.device, dtype=self.base_dtype)
+        built_for = reader.info.get("model_manifest_hash")
+        if built_for != self.manifest.get("manifest_hash"):
+            raise ValueError(f"prefix cache {cache_dir} was built for model manifest {built_for}, this run trains "
+                             f"{self.manifest.get('manifest_hash')}: rebuild the cache with this snapshot")  # fmt: skip
+        data = [self.train_data] + ([self.val_data] if self.val_source == "held-out" else [])
+        missing = reader.missing([i for d in data for i in d.sample_ids])
+        if missing:
+            raise ValueError(reader.missing_message(missing))
+        return reader
+
+    def _load_model(self, snapshot_dir) -> U1Model:
+        groups = ["gen", "fm"] + (["und", "embed"] if self.s.memory_mode == "online_prefix" else [])
+        return load_model(snapshot_dir, groups, device=self.device, dtype=self.base_dtype)
+
     def _bake_upstream_lora(self) -> dict | None:
         spec = self.s.upstream_lora
         if not spec:
@@ -186,8 +162,7 @@ class Trainer:
         for name in full_ft:
             # fp32 master copy of a fully fine-tuned tensor; autocast computes in bf16
             params[name].data = params[name].data.float()
-            params[name].requires_grad_(True)
-        names = [n for n, p in self.model.named_parameters() if ".lora_" in n] + full_ft
+        names = [n for n in params if ".lora_" in n] + full_ft
         for name in names:
             params[name].requires_grad_(True)
         return sorted(names), full_ft
@@ -208,6 +183,26 @@ class Trainer:
         if s.compile:
             self.model.compile_layers()
 
+    def _prefix_source(self, cache: PrefixCacheReader | None, snapshot_dir, prompt) -> PrefixSource:
+        if cache is not None:
+            return PrefixSource(cache=cache, encoder=None, captions={}, dtype=self.base_dtype)
+        spec = PromptSpec.from_dict(prompt or {})
+        encoder = PrefixEncoder(self.model, load_tokenizer(snapshot_dir), spec, self.device)
+        captions = {}
+        for data in (self.train_data, self.val_data):
+            captions.update(zip(data.sample_ids, data.texts()))
+        return PrefixSource(cache=None, encoder=encoder, captions=captions, dtype=self.base_dtype)
+
+    def _lineage(self, cache: PrefixCacheReader | None, prompt) -> dict:
+        return {
+            "settings": self.s.compatibility(),
+            "model": self.manifest.get("manifest_hash"),
+            "data": self.train_data.fingerprint(),
+            # the prompt the prefixes were made with: the cache records it, online mode is given it
+            "prompt": cache.info["prompt"] if cache is not None else PromptSpec.from_dict(prompt or {}).to_dict(),
+            "engine": source_hash(*_STEP_SOURCES),
+        }
+
     def autocast(self):
         if self.base_dtype == torch.float32:
             return contextlib.nullcontext()
@@ -220,9 +215,9 @@ class Trainer:
             state["torch_cuda"] = torch.cuda.get_rng_state(self.device)
         return state
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self) -> Path | None:
         if not self.dist.is_main:
-            return
+            return None
         opt_tensors, opt_scalars = ckpt.optimizer_to_tensors(self.optimizer, self.trainable_names)
         state = ckpt.TrainState(
             step=self.step,
@@ -240,28 +235,13 @@ class Trainer:
                 "lineage": self.lineage,
                 "world_size": self.dist.world_size,
             },
+            logs=self.logs.records,
         )
-        ckpt.save_checkpoint(self.run_dir / "checkpoints", state, keep=self.s.keep_checkpoints)
+        return ckpt.save_checkpoint(self.run_dir / "checkpoints", state, keep=self.s.keep_checkpoints)
 
     def resume(self) -> bool:
-        state, problems = ckpt.newest_valid(self.run_dir / "checkpoints")
-        for problem in problems:
-            print(f"warning: {problem}", file=sys.stderr)
+        state = choose_checkpoint(self.run_dir / "checkpoints", self.lineage, self.s.steps, self.on_incompatible)
         if state is None:
-            return False
-        differ = lineage_differences(state.info.get("lineage", {}), self.lineage)
-        if differ:
-            folder = self.run_dir / "checkpoints"
-            detail = "; ".join(differ)
-            if self.on_incompatible == "refuse":
-                raise IncompatibleCheckpoint(
-                    f"{folder} was written with different settings ({detail}). Restore those settings, "
-                    "or start over: delete that folder (or pass --on-incompatible restart)."
-                )
-            aside = folder.with_name("checkpoints.previous")
-            shutil.rmtree(aside, ignore_errors=True)
-            folder.rename(aside)
-            print(f"warning: starting over; {folder} came from other settings ({detail}); moved to {aside}", file=sys.stderr)
             return False
         params = dict(zip(self.trainable_names, self.params))
         with torch.no_grad():
@@ -281,12 +261,11 @@ class Trainer:
         self.images_seen, self.dropped_total = state.info["images_seen"], state.info["dropped_total"]
         self.t_hist = THistogram(counts=state.info["t_hist"])
         self.train_seconds = state.info["train_seconds"]
+        self.logs.restore(state.logs, self.step)
         if self.dist.is_main:
-            for log in ("train_log.jsonl", "val_log.jsonl"):
-                path = self.run_dir / log
-                if path.exists():  # drop lines written after the checkpoint (they will be redone)
-                    kept = [r for r in read_jsonl(path) if r["step"] <= self.step]
-                    write_jsonl(path, kept)
+            self.progress.resumed(self.step, f"{self.run_dir / 'checkpoints'} step {self.step}")
+            if self.logs.records[VAL_LOG]:
+                self.progress.validated(self.logs.records[VAL_LOG][-1])
         return True
 
     # fit ------------------------------------------------------------------------------------
@@ -355,35 +334,36 @@ class Trainer:
             "grad_norm": float(grad_norm), "images_per_s": images / elapsed, "dropped": dropped, "seconds": elapsed,
         }  # fmt: skip
 
-    def validate(self) -> dict:
+    def validate(self) -> None:
         self.model.eval()
-        result = {"step": self.step, **self.validator.run(self.model, self.dist, self.autocast)}
+        record = {"step": self.step, **self.validator.run(self.model, self.dist, self.autocast)}
         self.model.train()
-        return result
+        self.logs.append(VAL_LOG, record)
+        self.progress.validated(record)
 
     def fit(self) -> None:
         s = self.s
-        resumed = self.resume()
-        if self.dist.is_main and not resumed:
-            for log in ("train_log.jsonl", "val_log.jsonl"):
-                (self.run_dir / log).unlink(missing_ok=True)
-        if not resumed and s.val_every:
-            self._log("val_log.jsonl", self.validate())  # step 0: the base model's loss
-        progress = Progress(s.steps, self.step)
-        while self.step < s.steps:
-            record = self.train_step()
-            self._log("train_log.jsonl", record)
-            if self.dist.is_main and (self.step % s.log_every == 0 or self.step == s.steps):
-                progress.show(self.step, record["loss"])
-            if s.val_every and (self.step % s.val_every == 0 or self.step == s.steps):
-                self._log("val_log.jsonl", self.validate())
-            if s.ckpt_every and self.step % s.ckpt_every == 0 and self.step < s.steps:
-                self.save_checkpoint()
+        if not self.resume():
+            self.logs.start_fresh()
+            if s.val_every:
+                self.validate()  # step 0: the base model's loss
+        with stop_on_signals(enabled=not self.dist.active) as stop:
+            while self.step < s.steps:
+                record = self.train_step()
+                self.logs.append(TRAIN_LOG, record)
+                if s.val_every and (self.step % s.val_every == 0 or self.step == s.steps):
+                    self.validate()
+                if self.dist.is_main and (self.step % s.log_every == 0 or self.step == s.steps or stop.signal_name):
+                    self.progress.step(self.step, record["loss"])
+                periodic = s.ckpt_every and (self.step % s.ckpt_every == 0 or self.step == s.steps)
+                if periodic or stop.signal_name:
+                    self.save_checkpoint()
+                if stop.signal_name:
+                    raise TrainingInterrupted(
+                        f"{stop.signal_name}: stopped at step {self.step} of {s.steps} with a checkpoint in "
+                        f"{self.run_dir / 'checkpoints'}; run the same command again to resume"
+                    )
         self.dist.barrier()
-
-    def _log(self, name: str, record: dict) -> None:
-        if self.dist.is_main:
-            append_jsonl(self.run_dir / name, record)
 
     # save ---------------------------------------------------------------------------------
     def save(self, settings_dict: dict) -> dict:
@@ -396,24 +376,31 @@ class Trainer:
         metadata = adapter_metadata(
             config=settings_dict, spec=self.s.lora, base_revision=str(self.manifest.get("revision")), step=self.step
         )
-        adapter_bytes = save_adapter(self.model, self.run_dir / "adapter.safetensors", self.full_ft, metadata)
-        train_log = read_jsonl(self.run_dir / "train_log.jsonl")
-        val_log = read_jsonl(self.run_dir / "val_log.jsonl") if (self.run_dir / "val_log.jsonl").exists() else []
+        adapter_path = self.run_dir / "adapter.safetensors"
+        adapter_bytes = save_adapter(self.model, adapter_path, self.full_ft, metadata)
+        metrics = {**self._metrics(), "adapter_bytes": adapter_bytes}
+        write_json(self.run_dir / "metrics.json", metrics)
+        write_json(self.run_dir / "config.json", settings_dict)
+        self.progress.finished(metrics, str(adapter_path))
+        return metrics
+
+    def _metrics(self) -> dict:
+        train_log, val_log = self.logs.records[TRAIN_LOG], self.logs.records[VAL_LOG]
         best = min(val_log, key=lambda r: r["val_loss"]) if val_log else None
-        metrics = {
+        return {
             "steps": self.step,
             "images_seen": self.images_seen,
             "wall_time_s": self.train_seconds,
-            "s_per_step": self.train_seconds / max(1, len(train_log)) if train_log else None,
+            "s_per_step": self.train_seconds / len(train_log) if train_log else None,
             "images_per_s": self.images_seen / self.train_seconds if self.train_seconds else None,
             "peak_gpu_mem_bytes": peak_gpu_bytes(self.device),
             "peak_host_rss_bytes": peak_host_rss_bytes(),
             "final_train_loss": train_log[-1]["loss"] if train_log else None,
+            "initial_val_loss": val_log[0]["val_loss"] if val_log and val_log[0]["step"] == 0 else None,
             "final_val_loss": val_log[-1]["val_loss"] if val_log else None,
             "best_val_loss": best["val_loss"] if best else None,
             "best_val_step": best["step"] if best else None,
             "trainable_params": sum(p.numel() for p in self.params),
-            "adapter_bytes": adapter_bytes,
             "device": device_name(self.device),
             "world_size": self.dist.world_size,
             "versions": versions(),
@@ -421,45 +408,34 @@ class Trainer:
             "t_hist": self.t_hist.to_dict(),
             "dropout_count": self.dropped_total,
             "base_revision": self.manifest.get("revision"),
+            "dataset": {
+                "train": dataset_record(self.train_data),
+                "validation": {"source": self.val_source, **dataset_record(self.val_data)},
+            },
             "upstream_lora": self.baked and {k: len(v) for k, v in self.baked.items()},
         }
-        write_json(self.run_dir / "metrics.json", metrics)
-        write_json(self.run_dir / "config.json", settings_dict)
-        return metrics
-
-
-class Progress:
-    """A one-line progress display on a terminal; plain lines when logging to a file."""
-
-    def __init__(self, total: int, start: int):
-        self.total, self.start, self.began = total, start, time.perf_counter()
-        self.tty = sys.stderr.isatty()
-
-    def show(self, step: int, loss: float) -> None:
-        done = step - self.start
-        rate = (time.perf_counter() - self.began) / max(1, done)
-        eta = rate * (self.total - step)
-        line = f"step {step}/{self.total} loss {loss:.4f} {rate:.2f}s/step eta {eta / 60:.1f}min"
-        print(("\r" + line) if self.tty else line, end="" if self.tty and step < self.total else "\n", file=sys.stderr, flush=True)
 
 
 def train(settings: dict, *, snapshot_dir, manifest_path, train_parquet, val_parquet, cache_dir, run_dir, prompt=None,
           on_incompatible: str = "refuse") -> dict:  # fmt: skip
     """Train (or resume) one run; writes adapter.safetensors, metrics.json, config.json and the logs.
 
-    ``on_incompatible``: what to do with checkpoints from other settings, data, model or engine code:
-    ``refuse`` (name the differences and stop) or ``restart`` (move them aside and start over; the
-    workflow's choice, since Snakemake reruns a job exactly when such an input changed).
+    ``on_incompatible``: what to do with checkpoints this run cannot continue from (other settings,
+    data, model or engine code, or past ``steps``): ``refuse`` (name the reason and stop) or
+    ``restart`` (move them aside and start over; the workflow's choice, since Snakemake reruns a
+    job exactly when such an input changed). One process (the main rank) holds the run folder.
     """
     s = TrainSettings.from_dict(settings)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(
-        s, snapshot_dir=snapshot_dir, manifest_path=manifest_path, train_parquet=train_parquet,
-        val_parquet=val_parquet, cache_dir=cache_dir, run_dir=run_dir, prompt=prompt, on_incompatible=on_incompatible,
-    )  # fmt: skip
-    trainer.fit()
-    return trainer.save({"train": s.to_dict(), "prompt": prompt or {}})
+    lock = run_lock(run_dir) if init_from_env().is_main else contextlib.nullcontext()
+    with lock:
+        trainer = Trainer(
+            s, snapshot_dir=snapshot_dir, manifest_path=manifest_path, train_parquet=train_parquet,
+            val_parquet=val_parquet, cache_dir=cache_dir, run_dir=run_dir, prompt=prompt,
+            on_incompatible=on_incompatible,
+        )  # fmt: skip
+        trainer.fit()
+        return trainer.save({"train": s.to_dict(), "prompt": prompt or {}})
 
 
 def cli(verb: str, argv: list[str]) -> int:
@@ -468,14 +444,18 @@ def cli(verb: str, argv: list[str]) -> int:
     parser.add_argument("--snapshot", type=Path, required=True)
     parser.add_argument("--manifest", type=Path, required=True)
     parser.add_argument("--train-data", type=Path, required=True, help="train.parquet")
-    parser.add_argument("--val-data", type=Path, help="val.parquet (default: a fixed subset of train)")
+    parser.add_argument("--val-data", type=Path, help="val.parquet (default: the loss on a fixed subset of train)")
     parser.add_argument("--cache", type=Path, help="prefix cache dir (not needed with memory_mode online_prefix)")
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--on-incompatible", choices=ON_INCOMPATIBLE, default="refuse",
-                        help="checkpoints from other settings/data/code: refuse (default) or restart from scratch")  # fmt: skip
+                        help="checkpoints this run cannot continue from: refuse (default) or restart from scratch")  # fmt: skip
     args = parser.parse_args(argv)
-    with open(args.config, encoding="utf-8") as handle:
-        raw = yaml.safe_load(handle) or {}
+    try:
+        raw = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"{args.config}: cannot read the training config ({err})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("train", {}), dict):
+        raise ValueError(f"{args.config}: expected a mapping with a `train:` section, e.g. `train: {{steps: 200}}`")
     train(
         raw.get("train", {}), snapshot_dir=args.snapshot, manifest_path=args.manifest, train_parquet=args.train_data,
         val_parquet=args.val_data, cache_dir=args.cache, run_dir=args.run_dir, prompt=raw.get("prompt"),

@@ -55,7 +55,8 @@ class TrainSettings:
     upstream_lora: dict | None = None  # {"path": ..., "skip": [...]}
 
     # settings that may change between a checkpoint and its resume without changing the math
-    # (memory and speed modes are tested to give the same numbers, so they may change too)
+    # (memory and speed modes are tested to give the same numbers, so they may change too); steps
+    # only while the schedule does not depend on it
     RESUMABLE_CHANGES = ("steps", "val_every", "ckpt_every", "keep_checkpoints", "log_every", "device",
                          "memory_mode", "checkpointing", "swap_layers", "keep_attention", "compile")  # fmt: skip
 
@@ -100,7 +101,8 @@ class TrainSettings:
         """What a checkpoint must share with the run that resumes it (JSON-normalised: tuples as lists)."""
         data = self.to_dict()
         for name in self.RESUMABLE_CHANGES:
-            data.pop(name, None)
+            if name != "steps" or self.schedule == "constant":  # a cosine schedule is shaped by steps
+                data.pop(name, None)
         return json.loads(json.dumps(data))
 
     def checkpoint_layers(self, num_layers: int) -> frozenset[int]:
