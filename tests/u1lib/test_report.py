@@ -81,6 +81,10 @@ def _write_trained(folder: Path, name: str, index: int) -> None:
         "trainable_params": params, "adapter_bytes": 2 * 2**20, "device": "cpu", "versions": {},
         "git_commit": "abc123def", "t_hist": {"edges": [0.0, 0.25, 0.5, 0.75, 1.0], "counts": [index, 5, 5, 5]},
         "dropout_count": 4 + index,
+        "dataset": {
+            "train": {"file": "train.parquet", "rows": 6, "fingerprint": f"fp{index}train"},
+            "validation": {"source": "held-out", "file": "val.parquet", "rows": 2, "fingerprint": "fpval"},
+        },
     })
     knobs = VARIANTS["variants"][name]["knobs"]
     _write_json(folder / "config.json", {
@@ -134,6 +138,13 @@ def test_run_table_numbers_and_best_highlight(built):
         assert text in page
     best_cells = re.findall(r'<td class="num best">([^<]*)</td>', page)
     assert best_cells == ["0.25 (step 10)"]
+
+
+def test_run_table_names_the_data_each_adapter_was_trained_on(built):
+    _, page = built
+    for index in range(len(NUMBERS)):
+        assert f"train.parquet fp{index}train (6 rows)" in page
+    assert "val val.parquet fpval (2 rows)" in page
 
 
 def test_images_are_embedded_and_contact_sheet_has_grid_and_placeholder(built):

@@ -66,10 +66,21 @@ def run_summary(run: Run) -> dict:
     return summary
 
 
+def data_text(dataset: dict | None) -> str:
+    """The training data's fingerprint and row count, and where the validation loss comes from."""
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("train"), dict):
+        return "-"
+    train, val = dataset["train"], dataset.get("validation") or {}
+    text = f"{train.get('file')} {train.get('fingerprint')} ({train.get('rows')} rows)"
+    if val.get("source") == "train":
+        return text + "\nvalidated on training images"
+    return text + f"\nval {val.get('file')} {val.get('fingerprint')} ({val.get('rows')} rows)"
+
+
 def run_table(runs: list[Run], knobs: dict[str, dict], labels: dict[str, str]) -> Table:
     headers = [
         "variant", "knobs", "steps", "trainable params", "s/step", "images/s", "peak GPU mem",
-        "peak host RSS", "final train loss", "best val loss (step)", "adapter size",
+        "peak host RSS", "final train loss", "best val loss (step)", "adapter size", "trained on",
     ]
     rows, best_losses = [], []
     for run in runs:
@@ -91,9 +102,10 @@ def run_table(runs: list[Run], knobs: dict[str, dict], labels: dict[str, str]) -
             fmt_number(summary.get("final_train_loss")),
             best_text,
             fmt_bytes(summary.get("adapter_bytes")),
+            data_text(summary.get("dataset")),
         ])
         best_losses.append(best if is_number(best) and math.isfinite(best) else math.inf)
-    table = Table(headers, rows, numeric_columns=set(range(2, len(headers))))
+    table = Table(headers, rows, numeric_columns=set(range(2, len(headers) - 1)))
     if best_losses and min(best_losses) < math.inf:
         lowest = min(best_losses)
         column = headers.index("best val loss (step)")
