@@ -428,11 +428,13 @@ def coldstart_child(out_png: Path, m: Measure) -> None:
 def write_random_snapshot(out_dir: Path, config: Path = DEFAULT_CONFIG, shard_gib: float = 4.0) -> Path:
     """A full-size snapshot on disk with random bf16 weights (sharded, indexed) and the tiny tokenizer.
 
-    For timing what a real run pays to read weights (cold start); the tokenizer only has to produce
-    valid ids. Tensors are drawn on the GPU when there is one, so writing is bounded by the disk.
+    For timing what a real run pays to read weights (cold start) and for running the real workflow
+    on a GPU: weights follow tiny.init_like (norms near 1), so training visibly lowers the loss; the
+    tokenizer only has to produce valid ids. Tensors are drawn on the GPU when there is one, so
+    writing is bounded by the disk.
     """
     from .model.keys import parameter_shapes
-    from .tiny import build_tiny_snapshot
+    from .tiny import build_tiny_snapshot, init_like
 
     out_dir = Path(out_dir)
     build_tiny_snapshot(out_dir)
@@ -452,8 +454,7 @@ def write_random_snapshot(out_dir: Path, config: Path = DEFAULT_CONFIG, shard_gi
         shard, shard_bytes = {}, 0
 
     for key, shape in parameter_shapes(cfg).items():
-        scale = 0.02 if len(shape) == 1 else shape[-1] ** -0.5
-        shard[key] = (torch.randn(shape, device=device, dtype=torch.bfloat16, generator=g) * scale).cpu()
+        shard[key] = init_like(key, torch.randn(shape, device=device, dtype=torch.bfloat16, generator=g)).cpu()
         shard_bytes += shard[key].numel() * 2
         if shard_bytes >= shard_gib * GIB:
             flush()
