@@ -24,13 +24,13 @@ from pathlib import Path
 import torch
 
 from .io import read_json, save_safetensors, write_json
-from .lora.adapter import wrap
-from .lora.spec import expand_preset, resolve_full_ft, resolve_spec
+from .lora.adapter import make_trainable
+from .lora.spec import TrainableSurface, resolve_spec
 from .model.config import U1Config
 from .model.loading import random_model
-from .model.offload import enable_swap, spread
+from .model.offload import apply_memory_plan, enable_swap, spread
 from .model.sampling import euler_sample
-from .model.u1 import PrefixKV, U1Model, checkpointed_layers
+from .model.u1 import PrefixKV, U1Model
 from .provenance import git_commit, versions
 from .settings import from_section
 from .train.distributed import init_from_env
@@ -77,9 +77,6 @@ class Measure:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if problems:
             raise ValueError("bench settings: " + "; ".join(problems))
-
-    def checkpoint_layers(self, num_layers: int) -> frozenset[int]:
-        return checkpointed_layers(self.checkpointing, num_layers)
 
     def prefix_lengths(self) -> list[int]:
         """Row prefix lengths: all ``prefix`` for one row, else spread deterministically around it."""
@@ -216,23 +213,6 @@ def copy_gbps(device: torch.device, gib: float = 1.0) -> dict:
 
 
 # model setup ------------------------------------------------------------------------------
-def make_trainable(model: U1Model, spec: str) -> list[torch.nn.Parameter]:
-    """LoRA per spec (float32 adapters) plus the preset's full fine-tune tensors as float32 masters."""
-    cfg = model.config
-    _, full_ft = expand_preset(spec)
-    wrap(model, resolve_spec(spec, cfg))
-    params = dict(model.named_parameters())
-    full = set(resolve_full_ft(full_ft, cfg))
-    for name in full:
-        params[name].data = params[name].data.float()
-    trainable = []
-    for name, p in model.named_parameters():
-        p.requires_grad_(".lora_" in name or name in full)
-        if p.requires_grad:
-            trainable.append(p)
-    return trainable
-
-
 def random_prefix(cfg: U1Config, lengths: list[int], device, generator: torch.Generator) -> PrefixKV:
     """Cache-like prefix K/V: random bf16 [B, H_kv, L_max, D] per layer, right-padded rows."""
     width = max(lengths)
@@ -244,10 +224,10 @@ def random_prefix(cfg: U1Config, lengths: list[int], device, generator: torch.Ge
     return PrefixKV(keys, values, torch.tensor(lengths, dtype=torch.long, device=device))
 
 
-def _model(cfg: U1Config, groups: list[str], device: torch.device, m: Measure) -> U1Model:
+def _model(cfg: U1Config, groups: list[str], device: torch.device, m: Measure, compile: bool | None = None) -> U1Model:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = random_model(cfg, groups, device=device, dtype=dtype)
-    if m.compile:
+    if m.compile if compile is None else compile:
         model.compile_layers()
     return model
 
@@ -268,12 +248,12 @@ def run_train(cfg: U1Config, device: torch.device, m: Measure, rec: Recorder) ->
     gradients are averaged (u1lib's data parallel), so images/s counts all ranks."""
     dist = init_from_env()
     tokens = image_tokens(cfg, m)
-    model = _model(cfg, ["gen", "fm"], device, m)
-    trainable = make_trainable(model, m.lora)
-    model.checkpoint_layers = m.checkpoint_layers(cfg.num_hidden_layers)
-    model.keep_attention = m.keep_attention
-    if m.swap_layers:
-        enable_swap(model, spread(m.swap_layers, cfg.num_hidden_layers), slots=m.slots)
+    model = _model(cfg, ["gen", "fm"], device, m, compile=False)  # compiled by the plan, after wrapping
+    names = make_trainable(model, TrainableSurface.resolve(m.lora, (), cfg))
+    params = dict(model.named_parameters())
+    trainable = [params[n] for n in names]
+    apply_memory_plan(model, checkpointing=m.checkpointing, keep_attention=m.keep_attention,
+                      swap_layers=m.swap_layers, slots=m.slots, compile=m.compile, section="bench")  # fmt: skip
     optimizer = torch.optim.AdamW(trainable, lr=1e-5, fused=device.type == "cuda")
     g = torch.Generator(device=device).manual_seed(0)
     lengths = m.prefix_lengths()

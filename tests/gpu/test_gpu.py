@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from tests.conftest import CONFIG_8B
-from u1lib.bench import make_trainable, random_prefix
+from u1lib.bench import random_prefix
+from u1lib.lora.adapter import make_trainable
+from u1lib.lora.spec import TrainableSurface
 from u1lib.model.config import U1Config
 from u1lib.model.layers import normalize
 from u1lib.model.loading import random_model
@@ -62,7 +64,7 @@ def _with_nonzero_lora(model):
 def test_swap_mode_equals_resident(slots, keep_attention):
     cfg = small_config()
     resident = random_model(cfg, ["gen", "fm"], device=CUDA, dtype=torch.bfloat16)
-    make_trainable(resident, "default")
+    make_trainable(resident, TrainableSurface.resolve("default", (), cfg))
     _with_nonzero_lora(resident)
     resident.checkpoint_layers = frozenset(range(cfg.num_hidden_layers))
     swapped = copy.deepcopy(resident)
@@ -85,7 +87,7 @@ def test_swap_mode_equals_resident(slots, keep_attention):
 def test_bf16_training_close_to_fp32():
     cfg = small_config(layers=3)
     fp32 = random_model(cfg, ["gen", "fm"], device=CUDA, dtype=torch.float32, seed=2)
-    make_trainable(fp32, "default")
+    make_trainable(fp32, TrainableSurface.resolve("default", (), cfg))
     _with_nonzero_lora(fp32)
     mixed = copy.deepcopy(fp32)
     for name, p in mixed.named_parameters():

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from tests.conftest import CONFIG_8B
-from u1lib.bench import Measure, cli, gen_forward_flops, make_trainable, prefix_flops, train_flops
+from u1lib.bench import Measure, cli, gen_forward_flops, prefix_flops, train_flops
+from u1lib.lora.adapter import make_trainable
+from u1lib.lora.spec import TrainableSurface
 from u1lib.model.config import U1Config
 from u1lib.model.loading import meta_model
 
@@ -27,9 +29,15 @@ def test_8b_flops_by_hand():
 
 
 def test_default_surface_is_the_peers_286m():
-    model = meta_model(U1Config.from_file(CONFIG_8B))
-    trainable = make_trainable(model, "default")
-    assert sum(p.numel() for p in trainable) == 286_289_920
+    """The surface the trainer and the bench both apply (lora.adapter.make_trainable)."""
+    cfg = U1Config.from_file(CONFIG_8B)
+    model = meta_model(cfg)
+    surface = TrainableSurface.resolve("default", (), cfg)
+    names = make_trainable(model, surface)
+    params = dict(model.named_parameters())
+    trainable = [params[n] for n in names]
+    assert sum(p.numel() for p in trainable) == 286_289_920 == surface.counts()["total"]
+    assert sorted(n for n, p in params.items() if p.requires_grad) == names  # exactly the surface trains
     assert all(p.dtype == torch.float32 for p in trainable)
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad and "layers.0." in n and "_mot_gen" in n]
     assert frozen and "language_model.model.layers.0.self_attn.q_proj_mot_gen.weight" in frozen

@@ -21,7 +21,7 @@ from u1lib.lora.io import (
     read_lora_file,
     save_adapter,
 )
-from u1lib.lora.spec import PRESETS, LoraTarget, SpecError, resolve_full_ft, resolve_spec, trainable_counts
+from u1lib.lora.spec import PRESETS, LoraTarget, SpecError, TrainableSurface, resolve_full_ft, resolve_spec
 from u1lib.model.config import U1Config
 from u1lib.model.loading import load_model, random_model
 
@@ -198,8 +198,8 @@ def test_full_ft_patterns():
 
 def test_lora_and_full_ft_of_one_weight_is_refused():
     with pytest.raises(SpecError, match=r"fm_modules\.fm_head\.0\.weight is both"):
-        trainable_counts("fm_head=r2", [r"fm_modules\.fm_head\.0\.weight"], TINY)
-    counts = trainable_counts("fm_head=r2", [r"fm_modules\.fm_head\.0\.bias"], TINY)
+        TrainableSurface.resolve("fm_head=r2", [r"fm_modules\.fm_head\.0\.weight"], TINY).counts()
+    counts = TrainableSurface.resolve("fm_head=r2", [r"fm_modules\.fm_head\.0\.bias"], TINY).counts()
     assert counts == {
         "lora_modules": 2,
         "lora_params": 2 * (16 + 40) + 2 * (40 + 48),
@@ -213,24 +213,24 @@ def test_lora_and_full_ft_of_one_weight_is_refused():
 
 def test_8b_preset_counts():
     cfg = U1Config.from_file(CONFIG_8B)
-    assert trainable_counts("default", (), cfg) == {
+    assert TrainableSurface.resolve("default", (), cfg).counts() == {
         "lora_modules": 294,
         "lora_params": 203_685_888,
         "full_ft_params": 82_604_032,
         "total": 286_289_920,
     }
-    official = trainable_counts("official_r128", (), cfg)
+    official = TrainableSurface.resolve("official_r128", (), cfg).counts()
     assert (official["lora_modules"], official["total"]) == (296, 409_337_856)
     # the preset and its spelled-out clauses are the same thing
     clauses, full_ft = PRESETS["default"]
-    assert trainable_counts(clauses, full_ft, cfg) == trainable_counts("default", (), cfg)
+    assert TrainableSurface.resolve(clauses, full_ft, cfg).counts() == TrainableSurface.resolve("default", (), cfg).counts()
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_every_preset_resolves_on_8b_to_generation_modules_only(preset):
     cfg = U1Config.from_file(CONFIG_8B)
     targets = resolve_spec(preset, cfg)
-    counts = trainable_counts(preset, (), cfg)
+    counts = TrainableSurface.resolve(preset, (), cfg).counts()
     assert targets and counts["lora_modules"] == len(targets)
     assert counts["total"] == counts["lora_params"] + counts["full_ft_params"]
     assert all("_mot_gen" in m or m.startswith("fm_modules.") for m in targets)

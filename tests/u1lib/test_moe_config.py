@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from u1lib.lora.spec import SpecError, resolve_spec, trainable_counts
+from u1lib.lora.spec import SpecError, TrainableSurface, resolve_spec
 from u1lib.model.config import ConfigError, U1Config
 from u1lib.model.keys import parameter_shapes
 from u1lib.model.loading import meta_model
@@ -43,7 +43,7 @@ def test_moe_lora_targets_and_counts(a3b_config):
     assert len(experts) == 48 * 32 * 3
     assert len(resolve_spec("gen_moe_router=r4", a3b_config)) == 48
     assert len(resolve_spec("mlp_mot_gen.experts.*.gate_proj=r8", a3b_config)) == 48 * 32
-    counts = trainable_counts("attn=r16a16;gen_moe_mlp=r16a16", [], a3b_config)
+    counts = TrainableSurface.resolve("attn=r16a16;gen_moe_mlp=r16a16", [], a3b_config).counts()
     attn = 48 * 16 * ((2048 + 4096) * 2 + (2048 + 512) * 2)
     mlp = 48 * 32 * 16 * 3 * (2048 + 768)
     assert counts["lora_params"] == attn + mlp

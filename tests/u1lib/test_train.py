@@ -206,3 +206,11 @@ def test_lineage_fills_settings_added_later_and_names_other_differences():
         "training data: checkpoint 'x', now 'd'",
         "engine code: checkpoint 'e0', now 'e1'",
     ]
+
+
+def test_training_refuses_a_weight_that_is_both_lora_and_fully_tuned(tiny_workspace, tmp_path):
+    """The trainer resolves the same surface as `inspect`, so it refuses the same overlaps."""
+    from u1lib.lora.spec import SpecError
+
+    with pytest.raises(SpecError, match=r"q_proj_mot_gen\.weight is both LoRA-adapted and fully fine-tuned"):
+        _run(tiny_workspace, tmp_path / "run", steps=1, full_ft=[r".*layers\.0\.self_attn\.q_proj_mot_gen\.weight"])

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .spec import LoraTarget
+from .spec import LoraTarget, TrainableSurface
 
 
 class LoRALinear(nn.Module):
@@ -120,3 +120,17 @@ def set_enabled(model: nn.Module, enabled: bool) -> None:
         raise RuntimeError(f"cannot disable merged LoRA adapters (e.g. {merged[0]}); unmerge them first")
     for module in adapters.values():
         module.enabled = enabled
+
+
+def make_trainable(model: nn.Module, surface: TrainableSurface, *, dropout: float = 0.0) -> list[str]:
+    """Wrap the surface's LoRA targets, keep its fully tuned tensors as float32 masters (autocast
+    computes in bf16) and make exactly the surface trainable; returns the trainable names, sorted."""
+    wrap(model, surface.targets, dropout=dropout)
+    params = dict(model.named_parameters())
+    for name in surface.full_ft:
+        params[name].data = params[name].data.float()
+    names = sorted([n for n in params if ".lora_" in n] + list(surface.full_ft))
+    chosen = set(names)
+    for name, param in params.items():
+        param.requires_grad_(name in chosen)
+    return names

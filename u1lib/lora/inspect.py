@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..model.config import U1Config
 from .io import read_lora_file
-from .spec import ALIASES, PRESETS, LoraTarget, expand_preset, resolve_full_ft, resolve_spec, trainable_counts
+from .spec import ALIASES, PRESETS, LoraTarget, TrainableSurface, expand_preset, resolve_full_ft, resolve_spec
 
 ALL_PRESETS = "all-presets"
 _INDEX = re.compile(r"\.\d+(?=\.|$)")
@@ -67,7 +67,7 @@ def preset_rows(cfg: U1Config) -> list[dict]:
     """Every preset with its exact trainable counts on this model."""
     rows = []
     for name, (spec, full_ft) in PRESETS.items():
-        counts = trainable_counts(name, (), cfg)
+        counts = TrainableSurface.resolve(name, (), cfg).counts()
         rows.append({"preset": name, "lora spec": spec, "full-FT regexes": len(full_ft), **counts})
     return rows
 
@@ -100,7 +100,7 @@ def _show_spec(model: Path, spec: str, full_ft: list[str], listing: bool) -> Non
     clauses, preset_ft = expand_preset(spec)
     targets = resolve_spec(spec, cfg)
     ft_shapes = resolve_full_ft(tuple(preset_ft) + tuple(full_ft), cfg)
-    counts = trainable_counts(spec, full_ft, cfg)
+    counts = TrainableSurface.resolve(spec, full_ft, cfg).counts()
     print(f"model {model}; spec {spec!r} -> LoRA {clauses!r}; full-FT regexes {list(preset_ft) + full_ft}")
     print("LoRA targets:")
     print(_table(target_rows(targets)))

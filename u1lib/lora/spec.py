@@ -166,14 +166,30 @@ def resolve_full_ft(patterns: list[str] | tuple[str, ...], cfg: U1Config) -> dic
     return dict(sorted(chosen.items()))
 
 
-def trainable_counts(spec: str, full_ft: list[str] | tuple[str, ...], cfg: U1Config) -> dict[str, int]:
-    """Exact trainable parameter counts: LoRA, full fine-tune (minus LoRA-wrapped weights) and total."""
-    _, preset_ft = expand_preset(spec)
-    targets = resolve_spec(spec, cfg)
-    ft = resolve_full_ft(tuple(preset_ft) + tuple(full_ft), cfg)
-    overlap = [k for k in ft if k.endswith(".weight") and k[: -len(".weight")] in targets]
-    if overlap:
-        raise SpecError(f"{overlap[0]} is both LoRA-adapted and fully fine-tuned; choose one")
-    lora = sum(t.num_params for t in targets.values())
-    full = sum(math.prod(s) for s in ft.values())
-    return {"lora_modules": len(targets), "lora_params": lora, "full_ft_params": full, "total": lora + full}
+@dataclass(frozen=True)
+class TrainableSurface:
+    """Everything a run trains: LoRA targets and fully fine-tuned tensors, resolved once from the config.
+
+    The trainer, the bench and ``inspect`` all build it here, so they accept (and count) the same
+    surfaces and refuse the same overlaps.
+    """
+
+    targets: dict[str, LoraTarget]
+    full_ft: dict[str, tuple[int, ...]]  # parameter name -> shape
+
+    @classmethod
+    def resolve(cls, spec: str, full_ft: list[str] | tuple[str, ...], cfg: U1Config) -> "TrainableSurface":
+        """``spec`` (a preset brings its own full fine-tune regexes) plus the extra regexes ``full_ft``."""
+        _, preset_ft = expand_preset(spec)
+        targets = resolve_spec(spec, cfg)
+        ft = resolve_full_ft(tuple(preset_ft) + tuple(full_ft), cfg)
+        overlap = [k for k in ft if k.endswith(".weight") and k[: -len(".weight")] in targets]
+        if overlap:
+            raise SpecError(f"{overlap[0]} is both LoRA-adapted and fully fine-tuned; choose one")
+        return cls(targets, ft)
+
+    def counts(self) -> dict[str, int]:
+        """Exact trainable parameter counts: LoRA, full fine-tune and total."""
+        lora = sum(t.num_params for t in self.targets.values())
+        full = sum(math.prod(s) for s in self.full_ft.values())
+        return {"lora_modules": len(self.targets), "lora_params": lora, "full_ft_params": full, "total": lora + full}

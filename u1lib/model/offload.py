@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .u1 import U1Model
+from .u1 import U1Model, checkpointed_layers
 
 
 @dataclass
@@ -225,3 +225,25 @@ def spread(count: int, total: int) -> list[int]:
     if not 0 <= count <= total:
         raise ValueError(f"cannot stream {count} of {total} layers")
     return sorted({round((j + 0.5) * total / count - 0.5) for j in range(count)}) if count else []
+
+
+def apply_memory_plan(model: U1Model, *, checkpointing: str | int, keep_attention: bool = False,
+                      swap_layers: int = 0, slots: int = 2, compile: bool = False, section: str = "train") -> None:  # fmt: skip
+    """Recomputed layers, kept attention outputs, streamed layers and compilation, checked together.
+
+    Call after the trainable surface is set (streaming moves only frozen weights). Streamed layers
+    must be recomputed in backward, so that combination is refused naming ``section``'s keys.
+    """
+    layers = model.config.num_hidden_layers
+    model.checkpoint_layers = checkpointed_layers(checkpointing, layers)
+    model.keep_attention = keep_attention
+    if swap_layers:
+        streamed = spread(swap_layers, layers)
+        if not set(streamed) <= model.checkpoint_layers:
+            raise ValueError(
+                f"{section}.swap_layers {swap_layers} streams layers {streamed}, which must be checkpointed: "
+                f"set {section}.checkpointing to all"
+            )
+        enable_swap(model, streamed, slots=slots)
+    if compile:
+        model.compile_layers()

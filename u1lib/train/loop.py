@@ -22,11 +22,11 @@ from ..cache import PrefixCacheReader, resolve_device
 from ..data.prompts import PromptSpec, load_tokenizer
 from ..data.reader import BucketBatchSampler, PackedDataset
 from ..io import read_json, write_json
-from ..lora.adapter import wrap
+from ..lora.adapter import make_trainable
 from ..lora.io import adapter_metadata, bake_lora, read_lora_file, save_adapter
-from ..lora.spec import expand_preset, resolve_full_ft, resolve_spec
+from ..lora.spec import TrainableSurface
 from ..model.loading import load_model
-from ..model.offload import enable_swap, spread
+from ..model.offload import apply_memory_plan
 from ..model.u1 import U1Model
 from ..prefix import PrefixEncoder
 from ..provenance import git_commit, source_hash, versions
@@ -77,10 +77,13 @@ class Trainer:
         self.model = self._load_model(snapshot_dir)
         self.t_eps = self.model.config.t_eps if s.t_eps is None else s.t_eps
         self.baked = self._bake_upstream_lora()
-        self.trainable_names, self.full_ft = self._make_trainable()
+        self.surface = TrainableSurface.resolve(s.lora, s.full_ft, self.model.config)
+        torch.manual_seed(s.seed)  # adapter init
+        self.trainable_names = make_trainable(self.model, self.surface, dropout=s.lora_dropout)
+        apply_memory_plan(self.model, checkpointing=s.checkpointing, keep_attention=s.keep_attention,
+                          swap_layers=s.swap_layers, compile=s.compile)  # after the surface: only frozen weights stream
         params = dict(self.model.named_parameters())
         self.params = [params[n] for n in self.trainable_names]
-        self._memory_plan(self.model.config.num_hidden_layers)
         self.optimizer = make_optimizer(self.params, s, self.device)
         self.ema = {n: p.detach().clone() for n, p in zip(self.trainable_names, self.params)} if s.ema else {}
         self.sampler = BucketBatchSampler(self.train_data, s.batch_size, seed=s.seed, drop_last=True)
@@ -150,38 +153,6 @@ class Trainer:
         if not spec:
             return None
         return bake_lora(self.model, read_lora_file(spec["path"]), skip=tuple(spec.get("skip", ())))
-
-    def _make_trainable(self) -> tuple[list[str], list[str]]:
-        cfg = self.model.config
-        _, preset_ft = expand_preset(self.s.lora)
-        targets = resolve_spec(self.s.lora, cfg)
-        full_ft = list(resolve_full_ft(tuple(preset_ft) + tuple(self.s.full_ft), cfg))
-        torch.manual_seed(self.s.seed)  # adapter init
-        wrap(self.model, targets, dropout=self.s.lora_dropout)
-        params = dict(self.model.named_parameters())
-        for name in full_ft:
-            # fp32 master copy of a fully fine-tuned tensor; autocast computes in bf16
-            params[name].data = params[name].data.float()
-        names = [n for n in params if ".lora_" in n] + full_ft
-        for name in names:
-            params[name].requires_grad_(True)
-        return sorted(names), full_ft
-
-    def _memory_plan(self, num_layers: int) -> None:
-        """Checkpointing, kept attention, streamed layers and compilation, as the settings ask."""
-        s = self.s
-        self.model.checkpoint_layers = s.checkpoint_layers(num_layers)
-        self.model.keep_attention = s.keep_attention
-        if s.swap_layers:
-            streamed = spread(s.swap_layers, num_layers)
-            if not set(streamed) <= self.model.checkpoint_layers:
-                raise ValueError(
-                    f"train.swap_layers {s.swap_layers} streams layers {streamed}, which must be checkpointed: "
-                    "set train.checkpointing to all"
-                )
-            enable_swap(self.model, streamed)
-        if s.compile:
-            self.model.compile_layers()
 
     def _prefix_source(self, cache: PrefixCacheReader | None, snapshot_dir, prompt) -> PrefixSource:
         if cache is not None:
@@ -377,7 +348,7 @@ class Trainer:
             config=settings_dict, spec=self.s.lora, base_revision=str(self.manifest.get("revision")), step=self.step
         )
         adapter_path = self.run_dir / "adapter.safetensors"
-        adapter_bytes = save_adapter(self.model, adapter_path, self.full_ft, metadata)
+        adapter_bytes = save_adapter(self.model, adapter_path, list(self.surface.full_ft), metadata)
         metrics = {**self._metrics(), "adapter_bytes": adapter_bytes}
         write_json(self.run_dir / "metrics.json", metrics)
         write_json(self.run_dir / "config.json", settings_dict)

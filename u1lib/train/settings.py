@@ -6,7 +6,6 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
-from ..model.u1 import checkpointed_layers
 from ..settings import from_section
 from .objectives import LOSS_TYPES
 from .timesteps import T_DISTS
@@ -104,6 +103,3 @@ class TrainSettings:
             if name != "steps" or self.schedule == "constant":  # a cosine schedule is shaped by steps
                 data.pop(name, None)
         return json.loads(json.dumps(data))
-
-    def checkpoint_layers(self, num_layers: int) -> frozenset[int]:
-        return checkpointed_layers(self.checkpointing, num_layers)
