@@ -13,18 +13,23 @@ CFG_NORMS = ("none", "global", "channel", "cfg_zero_star")
 SAMPLER_T_EPS = 0.02  # upstream's generate path; training keeps config.t_eps (0.05)
 
 
-def time_grid(steps: int, shift: float) -> torch.Tensor:
-    """float32 grid from 0 (noise) to 1 (clean), shifted towards the noisy end.
+def shift_t(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """Move times towards the noisy end by ``shift`` (1.0 = identity); the sampler's grid and the
+    training times share this map.
 
-    The order of operations matches upstream (linspace -> sigma -> shifted sigma -> t) so the values
-    agree bit for bit.
+    The order of operations matches upstream (sigma -> shifted sigma -> t) so the values agree bit
+    for bit.
     """
-    t = torch.linspace(0, 1, steps + 1, dtype=torch.float32)
     if shift == 1.0:
         return t
     sigma = 1 - t
     sigma = shift * sigma / (1 + (shift - 1) * sigma)
     return 1 - sigma
+
+
+def time_grid(steps: int, shift: float) -> torch.Tensor:
+    """float32 grid of ``steps + 1`` times from 0 (noise) to 1 (clean), shifted towards the noisy end."""
+    return shift_t(torch.linspace(0, 1, steps + 1, dtype=torch.float32), shift)
 
 
 def combine_cfg(v_cond, v_uncond, scale: float, norm: str, step: int) -> torch.Tensor:

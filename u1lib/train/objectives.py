@@ -48,8 +48,7 @@ def flow_loss(
     p = cfg.token_size
     noise_scale = cfg.noise_scale_for((images.shape[2] // p) * (images.shape[3] // p))
     z_images = noisy_images(images, t, noise, noise_scale)
-    x_pred, z = model.denoise(z_images, t, prefix, noise_scale)
-    x_pred, z = x_pred.float(), z.float()
+    x_pred = model.denoise(z_images, t, prefix, noise_scale)[0].float()
     target = patchify(images, p).float()
     inv = 1.0 / (1 - t.float()).clamp_min(t_eps)[:, None, None]
     x_err = x_pred - target

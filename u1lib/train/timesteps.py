@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from ..model.sampling import shift_t
+
 T_DISTS = ("uniform", "logit_normal")
-
-
-def shift_t(t: torch.Tensor, shift: float) -> torch.Tensor:
-    """Move t towards the noisy end by ``shift`` (same map as the sampler's grid; 1.0 = identity)."""
-    if shift == 1.0:
-        return t
-    sigma = 1 - t
-    return 1 - shift * sigma / (1 + (shift - 1) * sigma)
 
 
 def sample_t(
