@@ -9,7 +9,7 @@ import torch
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden_u1_tiny_a"
-CONFIG_8B = DATA / "u1_8b_config.json"
+CONFIG_8B = Path(__file__).parents[1] / "u1lib" / "model" / "u1_8b_config.json"
 
 
 def pytest_configure(config):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from tests.conftest import CONFIG_8B
-from u1lib.bench import random_prefix
+from u1lib.bench.measures import random_prefix
 from u1lib.lora.adapter import make_trainable
 from u1lib.lora.spec import TrainableSurface
 from u1lib.model.config import U1Config

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from tests.conftest import CONFIG_8B
-from u1lib.bench import Measure, cli, gen_forward_flops, prefix_flops, train_flops
+from u1lib.bench import cli
+from u1lib.bench.flops import gen_forward_flops, prefix_flops, train_flops
+from u1lib.bench.measure import Measure
 from u1lib.lora.adapter import make_trainable
 from u1lib.lora.spec import TrainableSurface
 from u1lib.model.config import U1Config

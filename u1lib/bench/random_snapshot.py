@@ -1,0 +1,51 @@
+"""A full-size snapshot with random weights, for cold-start timing and the GPU workflow run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..io import save_safetensors, write_json
+from ..model.config import U1Config
+from .measure import DEFAULT_CONFIG
+from .timing import GIB
+
+
+def write_random_snapshot(out_dir: Path, config: Path = DEFAULT_CONFIG, shard_gib: float = 4.0) -> Path:
+    """A full-size snapshot on disk with random bf16 weights (sharded, indexed) and the tiny tokenizer.
+
+    For timing what a real run pays to read weights (cold start) and for running the real workflow
+    on a GPU: weights follow tiny.init_like (norms near 1), so training visibly lowers the loss; the
+    tokenizer only has to produce valid ids. Tensors are drawn on the GPU when there is one, so
+    writing is bounded by the disk.
+    """
+    from ..model.keys import parameter_shapes
+    from ..tiny import build_tiny_snapshot, init_like
+
+    out_dir = Path(out_dir)
+    build_tiny_snapshot(out_dir)
+    (out_dir / "model.safetensors").unlink()
+    (out_dir / "config.json").write_bytes(Path(config).read_bytes())
+    cfg = U1Config.from_file(out_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator(device=device).manual_seed(0)
+    shard, shard_bytes, weight_map, names = {}, 0, {}, []
+
+    def flush():
+        nonlocal shard, shard_bytes
+        name = f"model-{len(names) + 1:05d}.safetensors"
+        save_safetensors(out_dir / name, shard)
+        weight_map.update(dict.fromkeys(shard, name))
+        names.append(name)
+        shard, shard_bytes = {}, 0
+
+    for key, shape in parameter_shapes(cfg).items():
+        shard[key] = init_like(key, torch.randn(shape, device=device, dtype=torch.bfloat16, generator=g)).cpu()
+        shard_bytes += shard[key].numel() * 2
+        if shard_bytes >= shard_gib * GIB:
+            flush()
+    if shard:
+        flush()
+    write_json(out_dir / "model.safetensors.index.json", {"metadata": {}, "weight_map": weight_map})
+    return out_dir
