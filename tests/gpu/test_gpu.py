@@ -66,7 +66,7 @@ def test_swap_mode_equals_resident(slots, keep_attention):
     resident = random_model(cfg, ["gen", "fm"], device=CUDA, dtype=torch.bfloat16)
     make_trainable(resident, TrainableSurface.resolve("default", (), cfg))
     _with_nonzero_lora(resident)
-    resident.checkpoint_layers = frozenset(range(cfg.num_hidden_layers))
+    resident.recompute_layers = frozenset(range(cfg.num_hidden_layers))
     swapped = copy.deepcopy(resident)
     swapped.keep_attention = keep_attention
     enable_swap(swapped, slots=slots)

@@ -59,7 +59,7 @@ def _loss_and_grads(model, batch):
 @pytest.mark.parametrize("layers,slots", [(None, 2), (None, 3), ([0, 2, 3], 2), ([1], 2)])
 def test_swap_training_step_equals_resident(five_layer_model, layers, slots):
     resident = _trainable(copy.deepcopy(five_layer_model))
-    resident.checkpoint_layers = frozenset(range(len(resident.layers)))
+    resident.recompute_layers = frozenset(range(len(resident.layers)))
     swapped = copy.deepcopy(resident)
     batch = _batch(resident)
     want_loss, want = _loss_and_grads(resident, batch)
@@ -86,7 +86,7 @@ class _CountAttention(TorchDispatchMode):
 
 def test_keep_attention_skips_the_attention_recompute(five_layer_model):
     full = _trainable(copy.deepcopy(five_layer_model))
-    full.checkpoint_layers = frozenset(range(len(full.layers)))
+    full.recompute_layers = frozenset(range(len(full.layers)))
     selective = copy.deepcopy(full)
     selective.keep_attention = True
     batch = _batch(full)
@@ -117,10 +117,10 @@ def test_swap_weights_leave_the_layer_and_come_back(golden_model):
     assert model.layer_streamer is None and torch.equal(weight, before)
 
 
-def test_swap_refuses_uncheckpointed_layers_with_grad(golden_model):
+def test_swap_refuses_unrecomputed_layers_with_grad(golden_model):
     model = _trainable(copy.deepcopy(golden_model))
     enable_swap(model)
-    with pytest.raises(RuntimeError, match="not checkpointed"):
+    with pytest.raises(RuntimeError, match="not recomputed"):
         flow_loss(model, *_batch(model)).loss.backward()
     with pytest.raises(ValueError, match="already on"):
         enable_swap(model)

@@ -153,7 +153,7 @@ def test_swap_and_kept_attention_give_the_same_losses(tiny_workspace, tmp_path):
     _run(tiny_workspace, tmp_path / "plain", **plain)
     _run(tiny_workspace, tmp_path / "lean", **plain, swap_layers=2, keep_attention=True)
     assert _losses(tmp_path / "lean") == _losses(tmp_path / "plain")
-    with pytest.raises(ValueError, match="must be checkpointed"):
+    with pytest.raises(ValueError, match="must be recomputed"):
         _run(tiny_workspace, tmp_path / "bad", steps=1, swap_layers=1, checkpointing="none")
 
 

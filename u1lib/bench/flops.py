@@ -43,7 +43,7 @@ def gen_forward_flops(cfg: U1Config, tokens: int, prefix_lengths: list[int], lor
 def train_flops(
     cfg: U1Config, tokens: int, prefix_lengths: list[int], lora: str, recomputed: int, keep_attention: bool = False
 ) -> dict:
-    """Useful FLOPs of one step (forward + backward) and those executed (plus recompute of checkpointed layers).
+    """Useful FLOPs of one step (forward + backward) and those executed (plus the recompute of recomputed layers).
 
     Backward: frozen linears need only dX (1x forward), LoRA and trainable fm modules dX + dW (2x),
     flash attention 2.5x its forward (five matmuls against two). With ``keep_attention`` the

@@ -21,7 +21,7 @@ class Measure:
     prefix: int = 300  # text tokens per prefix; rows of a batch vary by up to +-prefix_spread
     prefix_spread: int = 20
     checkpointing: str = "all"  # all | none | K (the top K layers keep activations, as train.checkpointing)
-    keep_attention: bool = False  # checkpointed layers keep their attention outputs (no attention recompute)
+    keep_attention: bool = False  # recomputed layers keep their attention outputs (no attention recompute)
     swap_layers: int = 0  # generation layers streamed from pinned host memory (0 = all resident)
     slots: int = 2  # device buffers for streamed layers
     steps: int = 50  # sampler steps

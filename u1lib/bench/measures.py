@@ -87,7 +87,7 @@ def run_train(cfg: U1Config, device: torch.device, m: Measure, rec: Recorder) ->
     times, memory = timed(step, device, m, rec)
     if not all(torch.isfinite(x).item() for x in losses):
         raise RuntimeError("training loss was not finite")
-    flops = train_flops(cfg, tokens, lengths, m.lora, len(model.checkpoint_layers), m.keep_attention)
+    flops = train_flops(cfg, tokens, lengths, m.lora, len(model.recompute_layers), m.keep_attention)
     out = rates(times, flops["useful"], flops["executed"], m.batch) | memory
     out.update(trainable_params=sum(p.numel() for p in trainable), flops=flops, prefix_lengths=lengths)
     out.update(world_size=dist.world_size, images_per_s_all_ranks=dist.world_size * out["images_per_s"])

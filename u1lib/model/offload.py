@@ -8,7 +8,7 @@ enqueued: right after a forward call, or, for a layer recomputed in backward, wh
 layer's recompute begins (its backward, which needs this layer's output gradient, follows all of
 this layer's backward kernels).
 
-Streamed layers must be checkpointed when gradients are on: a plain autograd graph would keep
+Streamed layers must be recomputed in backward when gradients are on: a plain autograd graph would keep
 references to weights whose slot is later reused. Trainable tensors (LoRA, full fine-tune) and the
 small norm weights never move.
 """
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .u1 import U1Model, checkpointed_layers
+from .u1 import U1Model, recomputed_layers
 
 
 @dataclass
@@ -171,10 +171,10 @@ class LayerStreamer:
         """``fn`` (one layer's forward) wrapped so the weights are in place; pass-through for resident layers."""
         if index not in self.layers:
             return fn
-        if torch.is_grad_enabled() and index not in self.model.checkpoint_layers:
+        if torch.is_grad_enabled() and index not in self.model.recompute_layers:
             raise RuntimeError(
-                f"swap mode streams layer {index}, which is not checkpointed; with gradients on every streamed "
-                "layer must be in model.checkpoint_layers"
+                f"swap mode streams layer {index}, which is not recomputed; with gradients on every streamed "
+                "layer must be in model.recompute_layers"
             )
         calls = 0
 
@@ -203,7 +203,7 @@ def enable_swap(model: U1Model, layers: Iterable[int] | None = None, slots: int 
     """Stream the frozen weights of ``layers`` (default: every generation layer) from host memory.
 
     Call after LoRA wrapping and after choosing the trainable tensors: whatever requires grad stays.
-    With gradients on, the streamed layers must be checkpointed (``model.checkpoint_layers``).
+    With gradients on, the streamed layers must be recomputed (``model.recompute_layers``).
     """
     if model.layer_streamer is not None:
         raise ValueError("swap mode is already on for this model")
@@ -235,13 +235,13 @@ def apply_memory_plan(model: U1Model, *, checkpointing: str | int, keep_attentio
     must be recomputed in backward, so that combination is refused naming ``section``'s keys.
     """
     layers = model.config.num_hidden_layers
-    model.checkpoint_layers = checkpointed_layers(checkpointing, layers)
+    model.recompute_layers = recomputed_layers(checkpointing, layers)
     model.keep_attention = keep_attention
     if swap_layers:
         streamed = spread(swap_layers, layers)
-        if not set(streamed) <= model.checkpoint_layers:
+        if not set(streamed) <= model.recompute_layers:
             raise ValueError(
-                f"{section}.swap_layers {swap_layers} streams layers {streamed}, which must be checkpointed: "
+                f"{section}.swap_layers {swap_layers} streams layers {streamed}, which must be recomputed in backward: "
                 f"set {section}.checkpointing to all"
             )
         enable_swap(model, streamed, slots=slots)

@@ -92,7 +92,7 @@ def _keep_attention(ctx, op, *args, **kwargs) -> CheckpointPolicy:
     return CheckpointPolicy.MUST_SAVE if op in _ATTENTION_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
-def checkpointed_layers(policy: str | int, num_layers: int) -> frozenset[int]:
+def recomputed_layers(policy: str | int, num_layers: int) -> frozenset[int]:
     """Layers whose activations are recomputed in backward: none, all, or all but the last K."""
     if policy == "none":
         return frozenset()
@@ -138,7 +138,7 @@ class LanguageModel(nn.Module):
 class U1Model(nn.Module):
     """Module tree and parameter names as upstream's NEOChatModel; forward split by tower.
 
-    ``checkpoint_layers`` lists generation layers whose activations are recomputed in backward;
+    ``recompute_layers`` lists generation layers whose activations are recomputed in backward;
     with ``keep_attention`` their attention outputs are kept instead (one [S, hidden] tensor per
     layer) so the recompute skips the attention kernel; ``layer_streamer`` (set by :func:`u1lib.model.offload.enable_swap`) brings streamed layers' weights
     to the device around each call.
@@ -162,7 +162,7 @@ class U1Model(nn.Module):
         if cfg.add_noise_scale_embedding:
             fm["noise_scale_embedder"] = TimestepEmbedder(cfg)
         self.fm_modules = nn.ModuleDict(fm)
-        self.checkpoint_layers: frozenset[int] = frozenset()
+        self.recompute_layers: frozenset[int] = frozenset()
         self.keep_attention = False
         self.layer_streamer = None
 
@@ -237,7 +237,7 @@ class U1Model(nn.Module):
         for i, layer in enumerate(self.layers):
             run = layer.forward_gen if self.layer_streamer is None else self.layer_streamer.call(i, layer.forward_gen)
             args = (h, angles, prefix.keys[i], prefix.values[i], runs)
-            if i in self.checkpoint_layers and torch.is_grad_enabled():
+            if i in self.recompute_layers and torch.is_grad_enabled():
                 h = checkpoint(run, *args, use_reentrant=False, **self._checkpoint_options())
             else:
                 h = run(*args)

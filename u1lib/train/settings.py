@@ -47,7 +47,7 @@ class TrainSettings:
     seed: int = 0
     memory_mode: str = "resident"  # resident | online_prefix
     swap_layers: int = 0  # generation layers streamed from pinned host memory (needs checkpointing of them)
-    keep_attention: bool = False  # checkpointed layers keep attention outputs (recompute skips attention)
+    keep_attention: bool = False  # recomputed layers keep attention outputs (recompute skips attention)
     compile: bool = False  # torch.compile each layer (CUDA; the first steps pay the compilation)
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     device: str = "auto"
