@@ -1,11 +1,15 @@
 """``python -m u1lib <verb> ...``: one entry point, each verb owned by the module that does the work.
 
-Verbs are imported lazily so ``python -m u1lib pack`` never imports torch.
+Verbs are imported lazily so ``python -m u1lib pack`` never imports torch. Errors that name their
+cause (bad input, a refused resume, a busy run folder) print as one line without a traceback;
+``U1LIB_TRACEBACK=1`` shows it.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import sys
 
 VERBS = {
@@ -24,6 +28,8 @@ VERBS = {
     "parity": ("u1lib.parity", "Check the engine against a golden folder"),
     "bench": ("u1lib.bench", "Full-size random-weight benchmarks (GPU)"),
 }
+# what a user can act on from the message alone (ValueError covers the config, data and snapshot errors)
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, RuntimeError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     if verb not in VERBS:
         print(f"u1lib: unknown verb {verb!r}; choose one of: {', '.join(VERBS)}", file=sys.stderr)
         return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     module = importlib.import_module(VERBS[verb][0])
-    # each owning module exposes cli(verb, argv) -> exit code
-    return int(module.cli(verb, rest) or 0)
+    try:
+        # each owning module exposes cli(verb, argv) -> exit code
+        return int(module.cli(verb, rest) or 0)
+    except KeyboardInterrupt as err:
+        detail = str(err) or "interrupted; files written so far are complete (every write is atomic)"
+        print(f"u1lib {verb}: {detail}", file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
+        if os.environ.get("U1LIB_TRACEBACK"):
+            raise
+        print(f"u1lib {verb}: {err}", file=sys.stderr)
+        return 1
