@@ -135,3 +135,18 @@ def optimizer_from_tensors(optimizer: torch.optim.Optimizer, names: list[str], t
         state.setdefault(index_of[name], {})[key] = value
     full["state"] = state
     optimizer.load_state_dict(full)
+
+
+def capture_rng(generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    """Every random stream a step draws from: the run's generator, torch's CPU and (on CUDA) device state."""
+    state = {"generator": generator.get_state(), "torch_cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["torch_cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng(state: dict[str, torch.Tensor], generator: torch.Generator, device: torch.device) -> None:
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_cpu"])
+    if "torch_cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["torch_cuda"], device)

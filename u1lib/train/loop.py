@@ -1,4 +1,4 @@
-"""The training recipe: setup -> fit -> save. ``python -m u1lib train CONFIG.yaml --run-dir DIR ...``.
+"""The training recipe: setup -> fit -> save (``python -m u1lib train``: train/cli.py).
 
 Loads only the generation tower and fm modules (plus the understanding tower in online-prefix
 mode), wraps LoRA per spec, trains, checkpoints every N steps and at the end into
@@ -8,7 +8,6 @@ again (train/resume.py says which qualify).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import math
@@ -16,11 +15,10 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from ..cache import PrefixCacheReader, resolve_device
 from ..data.prompts import PromptSpec, load_tokenizer
-from ..data.reader import BucketBatchSampler, PackedDataset
+from ..data.reader import BucketBatchSampler
 from ..io import read_json, write_json
 from ..lora.adapter import make_trainable
 from ..lora.io import adapter_metadata, bake_lora, read_lora_file, save_adapter
@@ -29,10 +27,11 @@ from ..model.loading import load_model
 from ..model.offload import apply_memory_plan
 from ..model.u1 import U1Model
 from ..prefix import PrefixEncoder
-from ..provenance import git_commit, source_hash, versions
+from ..provenance import source_hash
 from . import checkpoint as ckpt
 from .distributed import init_from_env
-from .metrics import THistogram, device_name, peak_gpu_bytes, peak_host_rss_bytes
+from .inputs import open_cache, open_data
+from .metrics import THistogram
 from .objectives import flow_loss
 from .optim import lr_factor, make_optimizer
 from .prefetch import BatchPrefetcher
@@ -42,6 +41,7 @@ from .resume import ON_INCOMPATIBLE, choose_checkpoint
 from .run_folder import TRAIN_LOG, VAL_LOG, RunLogs, run_lock
 from .settings import TrainSettings
 from .stop import TrainingInterrupted, stop_on_signals
+from .summary import run_metrics
 from .timesteps import sample_t
 from .validation import Validator
 
@@ -58,11 +58,6 @@ class NonFiniteLoss(RuntimeError):
     """Training produced NaN/inf; the run stops and the last good checkpoint stays."""
 
 
-def dataset_record(data: PackedDataset) -> dict:
-    """Which data an adapter was trained or validated on: a content fingerprint, not a path."""
-    return {"file": data.path.name, "rows": len(data), "fingerprint": data.fingerprint()}
-
-
 class Trainer:
     def __init__(self, s: TrainSettings, *, snapshot_dir, manifest_path, train_parquet, val_parquet, cache_dir, run_dir,
                  prompt=None, on_incompatible: str = "refuse"):  # fmt: skip
@@ -72,8 +67,12 @@ class Trainer:
         self.dist = init_from_env()
         self.device, self.base_dtype = self._choose_device()
         self.manifest = read_json(manifest_path)
-        self.train_data, self.val_data, self.val_source = self._open_data(Path(train_parquet), val_parquet)
-        cache = self._open_cache(cache_dir)  # before the model loads: a cache that cannot serve fails fast
+        self.train_data, self.val_data, self.val_source = open_data(Path(train_parquet), val_parquet)
+        cache = None  # before the model loads: a cache that cannot serve fails fast
+        if s.memory_mode == "resident":
+            held_out = [self.val_data] if self.val_source == "held-out" else []
+            cache = open_cache(cache_dir, manifest=self.manifest, data=[self.train_data, *held_out],
+                               device=self.device, dtype=self.base_dtype)  # fmt: skip
         self.model = self._load_model(snapshot_dir)
         self.t_eps = self.model.config.t_eps if s.t_eps is None else s.t_eps
         self.baked = self._bake_upstream_lora()
@@ -108,41 +107,6 @@ class Trainer:
             device = torch.device("cuda", torch.cuda.current_device())
         use_bf16 = self.s.precision == "bf16" or (self.s.precision == "auto" and device.type == "cuda")
         return device, torch.bfloat16 if use_bf16 else torch.float32
-
-    def _open_data(self, train_parquet: Path, val_parquet) -> tuple[PackedDataset, PackedDataset, str]:
-        """Training rows and the rows the validation loss is measured on (held out, or said otherwise)."""
-        train_data = PackedDataset(train_parquet)
-        if not len(train_data):
-            raise ValueError(f"{train_parquet}: no rows to train on; re-run pack on a folder with usable images")
-        if val_parquet is None:
-            log.warning("no validation data given: the validation loss is measured on training images of %s, "
-                        "not held-out ones", train_parquet)  # fmt: skip
-            return train_data, PackedDataset(train_parquet), "train"  # own reader: the prefetch thread uses train's
-        val_data = PackedDataset(val_parquet)
-        if not len(val_data):
-            raise ValueError(
-                f"{val_parquet}: no rows, so there is nothing to validate on. Pack with --val-count N "
-                "(dataset.val_count in the workflow), or leave --val-data out to measure the loss on training images"
-            )
-        return train_data, val_data, "held-out"
-
-    def _open_cache(self, cache_dir) -> PrefixCacheReader | None:
-        """The prefix cache, checked to hold every row of both data files and to come from this model."""
-        if self.s.memory_mode != "resident":
-            return None
-        if cache_dir is None:
-            raise ValueError("train.memory_mode resident reads prefixes from a cache: pass --cache DIR (built by "
-                             "`python -m u1lib cache`), or set train.memory_mode: online_prefix")  # fmt: skip
-        reader = PrefixCacheReader(cache_dir, device=self.device, dtype=self.base_dtype)
-        built_for = reader.info.get("model_manifest_hash")
-        if built_for != self.manifest.get("manifest_hash"):
-            raise ValueError(f"prefix cache {cache_dir} was built for model manifest {built_for}, this run trains "
-                             f"{self.manifest.get('manifest_hash')}: rebuild the cache with this snapshot")  # fmt: skip
-        data = [self.train_data] + ([self.val_data] if self.val_source == "held-out" else [])
-        missing = reader.missing([i for d in data for i in d.sample_ids])
-        if missing:
-            raise ValueError(reader.missing_message(missing))
-        return reader
 
     def _load_model(self, snapshot_dir) -> U1Model:
         groups = ["gen", "fm"] + (["und", "embed"] if self.s.memory_mode == "online_prefix" else [])
@@ -180,12 +144,6 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     # state ----------------------------------------------------------------------------------
-    def _rng_state(self) -> dict[str, torch.Tensor]:
-        state = {"generator": self.generator.get_state(), "torch_cpu": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            state["torch_cuda"] = torch.cuda.get_rng_state(self.device)
-        return state
-
     def save_checkpoint(self) -> Path | None:
         if not self.dist.is_main:
             return None
@@ -196,7 +154,7 @@ class Trainer:
             optimizer=opt_tensors,
             optimizer_scalars=opt_scalars,
             ema=self.ema,
-            rng=self._rng_state(),
+            rng=ckpt.capture_rng(self.generator, self.device),
             info={
                 "sampler": self.sampler.state_dict(),
                 "images_seen": self.images_seen,
@@ -221,10 +179,7 @@ class Trainer:
             for name, tensor in state.ema.items():
                 self.ema[name].copy_(tensor)
         ckpt.optimizer_from_tensors(self.optimizer, self.trainable_names, state.optimizer, state.optimizer_scalars)
-        self.generator.set_state(state.rng["generator"])
-        torch.set_rng_state(state.rng["torch_cpu"])
-        if "torch_cuda" in state.rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state.rng["torch_cuda"], self.device)
+        ckpt.restore_rng(state.rng, self.generator, self.device)
         sampler_state = dict(state.info["sampler"])
         sampler_state.update(rank=self.sampler.rank, world_size=self.sampler.world_size)  # global batches: any rank count
         self.sampler.load_state_dict(sampler_state)
@@ -349,43 +304,11 @@ class Trainer:
         )
         adapter_path = self.run_dir / "adapter.safetensors"
         adapter_bytes = save_adapter(self.model, adapter_path, list(self.surface.full_ft), metadata)
-        metrics = {**self._metrics(), "adapter_bytes": adapter_bytes}
+        metrics = {**run_metrics(self), "adapter_bytes": adapter_bytes}
         write_json(self.run_dir / "metrics.json", metrics)
         write_json(self.run_dir / "config.json", settings_dict)
         self.progress.finished(metrics, str(adapter_path))
         return metrics
-
-    def _metrics(self) -> dict:
-        train_log, val_log = self.logs.records[TRAIN_LOG], self.logs.records[VAL_LOG]
-        best = min(val_log, key=lambda r: r["val_loss"]) if val_log else None
-        return {
-            "steps": self.step,
-            "images_seen": self.images_seen,
-            "wall_time_s": self.train_seconds,
-            "s_per_step": self.train_seconds / len(train_log) if train_log else None,
-            "images_per_s": self.images_seen / self.train_seconds if self.train_seconds else None,
-            "peak_gpu_mem_bytes": peak_gpu_bytes(self.device),
-            "peak_host_rss_bytes": peak_host_rss_bytes(),
-            "final_train_loss": train_log[-1]["loss"] if train_log else None,
-            "initial_val_loss": val_log[0]["val_loss"] if val_log and val_log[0]["step"] == 0 else None,
-            "final_val_loss": val_log[-1]["val_loss"] if val_log else None,
-            "best_val_loss": best["val_loss"] if best else None,
-            "best_val_step": best["step"] if best else None,
-            "trainable_params": sum(p.numel() for p in self.params),
-            "device": device_name(self.device),
-            "world_size": self.dist.world_size,
-            "versions": versions(),
-            "git_commit": git_commit(),
-            "t_hist": self.t_hist.to_dict(),
-            "dropout_count": self.dropped_total,
-            "base_revision": self.manifest.get("revision"),
-            "dataset": {
-                "train": dataset_record(self.train_data),
-                "validation": {"source": self.val_source, **dataset_record(self.val_data)},
-            },
-            "upstream_lora": self.baked and {k: len(v) for k, v in self.baked.items()},
-        }
-
 
 def train(settings: dict, *, snapshot_dir, manifest_path, train_parquet, val_parquet, cache_dir, run_dir, prompt=None,
           on_incompatible: str = "refuse") -> dict:  # fmt: skip
@@ -407,29 +330,3 @@ def train(settings: dict, *, snapshot_dir, manifest_path, train_parquet, val_par
         )  # fmt: skip
         trainer.fit()
         return trainer.save({"train": s.to_dict(), "prompt": prompt or {}})
-
-
-def cli(verb: str, argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m u1lib {verb}", description=__doc__)
-    parser.add_argument("config", type=Path, help="YAML with a `train` section (and optionally `prompt`)")
-    parser.add_argument("--snapshot", type=Path, required=True)
-    parser.add_argument("--manifest", type=Path, required=True)
-    parser.add_argument("--train-data", type=Path, required=True, help="train.parquet")
-    parser.add_argument("--val-data", type=Path, help="val.parquet (default: the loss on a fixed subset of train)")
-    parser.add_argument("--cache", type=Path, help="prefix cache dir (not needed with memory_mode online_prefix)")
-    parser.add_argument("--run-dir", type=Path, required=True)
-    parser.add_argument("--on-incompatible", choices=ON_INCOMPATIBLE, default="refuse",
-                        help="checkpoints this run cannot continue from: refuse (default) or restart from scratch")  # fmt: skip
-    args = parser.parse_args(argv)
-    try:
-        raw = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"{args.config}: cannot read the training config ({err})") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("train", {}), dict):
-        raise ValueError(f"{args.config}: expected a mapping with a `train:` section, e.g. `train: {{steps: 200}}`")
-    train(
-        raw.get("train", {}), snapshot_dir=args.snapshot, manifest_path=args.manifest, train_parquet=args.train_data,
-        val_parquet=args.val_data, cache_dir=args.cache, run_dir=args.run_dir, prompt=raw.get("prompt"),
-        on_incompatible=args.on_incompatible,
-    )  # fmt: skip
-    return 0
