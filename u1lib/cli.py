@@ -21,7 +21,7 @@ VERBS = {
     "pack": ("u1lib.data.pack", "Pack a folder of captioned images into parquet"),
     "inspect-data": ("u1lib.data.pack", "Summarise a packed parquet file"),
     "cache": ("u1lib.cache", "Precompute prefix K/V of every caption"),
-    "train": ("u1lib.train.loop", "Train a LoRA"),
+    "train": ("u1lib.train.cli", "Train a LoRA"),
     "sample": ("u1lib.sample", "Sample images from base model and adapters"),
     "report": ("u1lib.report", "Build the HTML ablation report"),
     "inspect": ("u1lib.lora.inspect", "Show LoRA targets and trainable counts from config.json alone"),
