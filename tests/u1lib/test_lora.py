@@ -240,7 +240,7 @@ def test_every_preset_resolves_on_8b_to_generation_modules_only(preset):
 
 
 def moe_modules(layers: int = 2, experts: int = 4) -> dict[str, tuple[int, int]]:
-    """The A3B linears (names from U1_MODEL.md section 9) with made-up sizes: both towers sparse."""
+    """The A3B linears (names from docs/MODEL.md section 9) with made-up sizes: both towers sparse."""
     modules = {}
     for i in range(layers):
         prefix = f"language_model.model.layers.{i}."
@@ -494,7 +494,7 @@ def test_save_refuses_unknown_full_ft_names(tmp_path):
 
 
 def upstream_merge(model: nn.Module, path) -> None:
-    """Emulates upstream's bake-in merge as U1_MODEL.md section 7 describes it (not its code).
+    """Emulates upstream's bake-in merge as docs/MODEL.md section 7 describes it (not its code).
 
     For every model parameter name, the three LoRA names come from replacing ".weight"; a name
     without ".weight" (a bias) is looked up unchanged. Up/down must be float32; the add is in float32.

@@ -15,7 +15,7 @@ from tests.conftest import CONFIG_8B
 
 @pytest.fixture(scope="module")
 def a3b_config(tmp_path_factory) -> U1Config:
-    """U1_MODEL.md section 9: hidden 2048, 48 layers, 32/4 heads, 128 und experts and 32 gen experts of width 768."""
+    """docs/MODEL.md section 9: hidden 2048, 48 layers, 32/4 heads, 128 und experts and 32 gen experts of width 768."""
     raw = json.loads(CONFIG_8B.read_text())
     raw["llm_config"].update(hidden_size=2048, num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4,
                              num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768,

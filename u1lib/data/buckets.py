@@ -3,7 +3,7 @@
 Training batches hold images of one bucket, so every side must be a multiple of the model's token
 size (32 px for the 8B model: 16-px patches merged 2x2). Two kinds of bucket list:
 
-* ``official``: the 11 ~4 MP buckets the 8B model was trained on (U1_MODEL.md §6.3);
+* ``official``: the 11 ~4 MP buckets the 8B model was trained on (docs/MODEL.md §6.3);
 * ``area``: one bucket per aspect ratio of :data:`AREA_ASPECT_RATIOS` (1:4 .. 4:1), each with an
   area close to a target such as 1024*1024.
 

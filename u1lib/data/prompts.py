@@ -3,7 +3,7 @@
 Templates (``PromptSpec.template``):
 
 * ``neo1_0`` — upstream's ChatML template with the generation system message and an empty think
-  block (U1_MODEL.md §6.6); byte-for-byte what ``t2i_generate`` builds.
+  block (docs/MODEL.md §6.6); byte-for-byte what ``t2i_generate`` builds.
 * ``plain`` — the same turns without the system message and without a think block:
   ``<|im_start|>user\\n{prompt}<|im_end|>\\n<|im_start|>assistant\\n<img>``. It is the layout of the
   unconditional prefix with the prompt filled in (the shape upstream trains its condition-dropped

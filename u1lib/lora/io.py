@@ -4,7 +4,7 @@ Layout: ``<module>.lora_down.weight`` [r, in] and ``<module>.lora_up.weight`` [o
 ``<module>.alpha`` a float32 scalar. Fully fine-tuned weights are stored under their own names.
 Fully fine-tuned *biases* are stored as ``<module>.full_ft_bias``: upstream's merge treats any key
 equal to a model parameter's name without ``.weight`` as a LoRA triple and fails on a plain bias
-(U1_MODEL.md section 10, item 13), so a plain ``.bias`` key would make the file unloadable there.
+(docs/MODEL.md section 10, item 13), so a plain ``.bias`` key would make the file unloadable there.
 """
 
 from __future__ import annotations

@@ -184,7 +184,7 @@ def _moe_fields(llm: dict) -> dict:
 
 
 def _rope_theta(llm: dict) -> float:
-    """Transformers 5 moves rope_theta into rope_parameters; read either (U1_MODEL.md section 10.2)."""
+    """Transformers 5 moves rope_theta into rope_parameters; read either (docs/MODEL.md section 10.2)."""
     if "rope_theta" in llm:
         return llm["rope_theta"]
     params = llm.get("rope_parameters") or {}
