@@ -12,6 +12,7 @@ from typing import Iterator
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+_SAFETENSORS_ALIGNMENT = 8  # the header is padded so the tensor buffer starts 8-byte aligned
 
 
 @contextlib.contextmanager
@@ -94,7 +95,10 @@ def safetensors_bytes(tensors: dict, metadata: dict[str, str] | None = None) -> 
     """safetensors bytes that depend only on the content.
 
     The library writes metadata from a hash map, so its order (and the file's bytes) changes from
-    call to call; the header is rewritten with the metadata sorted, keeping its length.
+    call to call; the header is re-serialised with the metadata sorted and laid out as the format
+    prescribes: its byte length as a little-endian u64, then UTF-8 JSON space-padded to a multiple
+    of 8 bytes (keeping the tensor buffer aligned). The length is recomputed, never assumed: any key
+    or value may change it. Data offsets count from the buffer's start, so they stay valid.
     """
     from safetensors.torch import save
 
@@ -103,9 +107,9 @@ def safetensors_bytes(tensors: dict, metadata: dict[str, str] | None = None) -> 
     header = json.loads(data[8 : 8 + size])
     if "__metadata__" in header:
         header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (size - len(text))  # same keys and values, only reordered: same length
-    return data[:8] + text + data[8 + size :]
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % _SAFETENSORS_ALIGNMENT)
+    return len(text).to_bytes(8, "little") + text + data[8 + size :]
 
 
 def save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
