@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,7 +15,7 @@ from PIL import Image
 from u1lib.data.buckets import BucketSpec
 from u1lib.data.pack import ROW_GROUP_SIZE, PackError, cli, inspect_data, pack, split_validation
 from u1lib.data.schema import PACKED_SCHEMA
-from u1lib.data.sources import SourceError
+from u1lib.data.sources import SourceError, sample_id_problem
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = BucketSpec("area", 64 * 64, 8)  # buckets 64x64, 72x56, 56x72, ... up to 128x32
@@ -200,13 +201,66 @@ def test_strict_mode_lists_every_bad_item_and_writes_nothing(tmp_path):
     assert sorted(os.listdir(tmp_path / "out")) == []
 
 
-def test_no_usable_item_is_an_error(tmp_path):
+def test_no_usable_item_is_an_error_that_lists_the_items(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.jpg").write_bytes(b"not an image")
     (src / "a.txt").write_text("a")
-    with pytest.raises(PackError, match="no usable items"):
+    (src / "b.png").write_bytes(image_bytes(fmt="PNG"))
+    with pytest.raises(PackError) as caught:
         pack(src, tmp_path / "out", buckets=SPEC)
+    message = str(caught.value)
+    assert f"no usable items in folder {src}: all 2 item(s) were skipped" in message
+    assert "a.jpg: not a recognised image" in message and "b.png: missing caption (expected b.txt)" in message
+    assert os.listdir(tmp_path / "out") == []
+
+
+def write_empty_source(kind: str, root: Path) -> tuple[Path, list[str]]:
+    """A source with nothing to pack; returns it and what its error must say besides the path."""
+    if kind == "empty parquet":
+        path = root / "empty.parquet"
+        pq.write_table(pa.Table.from_pylist([], schema=PACKED_SCHEMA), path)
+        return path, ["has no rows"]
+    src = root / "src"
+    src.mkdir()
+    if kind == "empty folder":
+        (src / ".DS_Store").write_bytes(b"x")
+        return src, ["nothing but hidden files"]
+    if kind == "captions only":
+        for stem in ("a", "b"):
+            (src / f"{stem}.txt").write_text("caption")
+        return src, ["2 caption file(s)"]
+    if kind == "other image types":
+        for name in ("a.gif", "b.tiff", "c.heic"):
+            (src / name).write_bytes(image_bytes(fmt="GIF"))
+        return src, ["3 other file(s): a.gif, b.tiff, c.heic"]
+    (src / "photos").mkdir()  # images one level down
+    make_folder(src / "photos", count=2)
+    return src, ["1 sub-folder(s), which are not searched"]
+
+
+EMPTY_SOURCES = ["empty folder", "captions only", "other image types", "nested folder", "empty parquet"]
+
+
+@pytest.mark.parametrize("kind", EMPTY_SOURCES)
+def test_a_source_with_nothing_to_pack_names_its_path_and_writes_nothing(tmp_path, kind):
+    src, needles = write_empty_source(kind, tmp_path)
+    with pytest.raises(SourceError) as caught:
+        pack(src, tmp_path / "out", buckets=SPEC)
+    message = str(caught.value)
+    assert message.startswith(f"{src}: no usable items") and all(needle in message for needle in needles)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", EMPTY_SOURCES)
+def test_cli_pack_of_an_empty_source_fails_without_output(tmp_path, capsys, kind):
+    src, _ = write_empty_source(kind, tmp_path)
+    options = ["--buckets", "area:4096", "--token-size", "8"]
+    assert cli("pack", [str(src), "--out-dir", str(tmp_path / "out"), *options]) == 1
+    assert cli("pack", [str(src), "--out", str(tmp_path / "one" / "all.parquet"), *options]) == 1
+    err = capsys.readouterr().err
+    assert err.count(f"pack: {src}: no usable items") == 2
+    assert not (tmp_path / "out").exists() and list((tmp_path / "one").iterdir()) == []
 
 
 def test_val_count_must_leave_training_items(tmp_path):
@@ -249,7 +303,10 @@ def test_cli_pack_and_inspect(tmp_path, capsys):
 
 def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
     assert cli("pack", [str(tmp_path / "absent"), "--out-dir", str(tmp_path / "out")]) == 1
-    assert "not a folder" in capsys.readouterr().err
+    assert f"{tmp_path / 'absent'}: no such folder" in capsys.readouterr().err
+    (tmp_path / "photo.jpg").write_bytes(image_bytes())
+    assert cli("pack", [str(tmp_path / "photo.jpg"), "--out-dir", str(tmp_path / "out")]) == 1
+    assert f"{tmp_path / 'photo.jpg'}: a file, not a folder" in capsys.readouterr().err
     assert cli("pack", [str(tmp_path), "--out-dir", str(tmp_path / "o"), "--buckets", "round"]) == 1
     assert "kind 'round'" in capsys.readouterr().err
 
@@ -276,7 +333,95 @@ def test_pack_verb_does_not_import_torch(tmp_path):
 
 def test_pack_to_one_file(tmp_path):
     src = make_folder(tmp_path / "src", count=3)
-    assert cli("pack", [str(src), "--out", str(tmp_path / "all.parquet"), "--buckets", "area:4096", "--token-size", "8"]) == 0
+    assert (
+        cli("pack", [str(src), "--out", str(tmp_path / "all.parquet"), "--buckets", "area:4096", "--token-size", "8"])
+        == 0
+    )
     assert pq.read_table(tmp_path / "all.parquet").num_rows == 3
     assert json.loads((tmp_path / "all.stats.json").read_text())["counts"]["usable"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["all.parquet", "all.stats.json", "src"]  # no scratch left
+
+
+# accented Latin, CJK, emoji (ZWJ sequence, variation selector), RTL, spaces, mixed
+UNICODE_NAMES = [
+    "caf\u00e9", "\u00f1and\u00fa cr\u00e8me", "\u732b\u306e\u5199\u771f", "\U0001f408\u200d\u2b1b",
+    "\u2764\ufe0f fire", "\u0635\u0648\u0631\u0629", "\u05ea\u05de\u05d5\u05e0\u05d4 1", "two  words",
+    "Mix\u00e9 \u732b \U0001f600 \u05d0", "\u1e9b\u0323 dot",
+]  # fmt: skip
+
+
+def nfd(name: str) -> str:
+    return unicodedata.normalize("NFD", name)
+
+
+@pytest.mark.parametrize(
+    "image_form, caption_form", [(nfd, str), (str, nfd), (nfd, nfd)], ids=["nfd-image", "nfd-caption", "both-nfd"]
+)
+def test_unicode_names_pair_across_normalisations_and_ids_are_nfc(tmp_path, image_form, caption_form):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, name in enumerate(UNICODE_NAMES):
+        (src / f"{image_form(name)}.png").write_bytes(image_bytes((64, 64), (20 * i, 90, 9), "PNG"))
+        (src / f"{caption_form(name)}.txt").write_text(f"caption of {name}", encoding="utf-8")
+    assert any(nfd(name) != name for name in UNICODE_NAMES)  # the family exercises normalisation
+    stats = pack(src, tmp_path / "out", buckets=SPEC, val_count=2)
+    assert stats["skipped"] == [] and stats["counts"]["usable"] == len(UNICODE_NAMES)
+    rows = read_rows(tmp_path / "out" / "train.parquet") + read_rows(tmp_path / "out" / "val.parquet")
+    expected = {unicodedata.normalize("NFC", name) for name in UNICODE_NAMES}
+    assert expected == set(UNICODE_NAMES) and {row["sample_id"] for row in rows} == expected
+    assert all(row["caption"] == f"caption of {row['sample_id']}" for row in rows)  # each image got its own caption
+    assert set(stats["split"]["val_ids"]) <= expected
+    assert json.loads((tmp_path / "out" / "stats.json").read_text(encoding="utf-8")) == stats
+
+
+def test_names_that_differ_only_in_normalisation_are_one_id(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("caf\u00e9", nfd("caf\u00e9")):
+        (src / f"{name}.png").write_bytes(image_bytes(fmt="PNG"))
+    (src / "caf\u00e9.txt").write_text("a cup", encoding="utf-8")
+    make_folder(src, count=1)
+    stats = pack(src, tmp_path / "out", buckets=SPEC)
+    dups = [s for s in stats["skipped"] if s["reason"] == "duplicate id"]
+    assert sorted(s["file"] for s in dups) == sorted(["caf\u00e9.png", nfd("caf\u00e9") + ".png"])
+    assert all("differ only in Unicode normalisation" in s["detail"] for s in dups)
+
+
+def test_parquet_ids_are_normalised_to_nfc_before_duplicates_are_counted(tmp_path):
+    records = source_records(4)
+    records[0]["sample_id"] = nfd("\u00e9t\u00e9")
+    records[1]["sample_id"] = nfd("\u0101b")
+    records[2]["sample_id"] = "\u0101b"  # the same id as row 1 once normalised
+    stats = pack(parquet_source(tmp_path / "s.parquet", records), tmp_path / "out", buckets=SPEC)
+    assert [r["sample_id"] for r in read_rows(tmp_path / "out" / "train.parquet")] == ["p3", "\u00e9t\u00e9"]
+    assert [(s["file"], s["reason"]) for s in stats["skipped"]] == [
+        ("s.parquet row 1", "duplicate id"),
+        ("s.parquet row 2", "duplicate id"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "sample_id", ["a\tb", "a\nb", "a\u2028b", "a\u2029b", "a\x7fb", "a\x00b", "a\udce9b", " a", "a/b", "a\\b"]
+)
+def test_ids_with_control_characters_or_separators_are_refused(sample_id):
+    assert sample_id_problem(sample_id) == "invalid sample_id"
+
+
+@pytest.mark.parametrize(
+    "sample_id", [*UNICODE_NAMES, "\u200fRTL mark", "zero\u200bwidth", "\ue000 private", "inner\u00a0space"]
+)
+def test_ids_in_any_script_with_format_characters_are_accepted(sample_id):
+    assert sample_id_problem(sample_id) is None
+
+
+def test_file_names_that_are_not_utf8_are_skipped_and_reported_readably(tmp_path):
+    src = make_folder(tmp_path / "src", count=2)
+    for suffix in (b".png", b".txt"):
+        with open(os.fsencode(src) + b"/caf\xe9" + suffix, "wb") as handle:  # a Latin-1 name, as old archives hold
+            handle.write(image_bytes(fmt="PNG") if suffix == b".png" else b"caption")
+    stats = pack(src, tmp_path / "out", buckets=SPEC)
+    assert stats["counts"]["usable"] == 2
+    assert sorted((s["file"], s["reason"]) for s in stats["skipped"]) == [
+        ("caf\\xe9.png", "file name is not UTF-8"), ("caf\\xe9.txt", "file name is not UTF-8"),
+    ]  # fmt: skip
+    assert json.loads((tmp_path / "out" / "stats.json").read_bytes().decode("utf-8")) == stats

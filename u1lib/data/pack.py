@@ -41,6 +41,7 @@ from u1lib.data.sources import Candidate, Skipped, Source, SourceItem, folder_so
 from u1lib.io import atomic_path, write_json
 
 ROW_GROUP_SIZE = 16
+MAX_LISTED_WHEN_EMPTY = 20  # skipped items an all-bad source's error shows
 # image bytes are PNG already: compressing them again only costs time
 PARQUET_OPTIONS = {
     "compression": {name: ("none" if name == "image" else "zstd") for name in PACKED_SCHEMA.names},
@@ -111,10 +112,14 @@ def _pack(source: Source, out_dir: Path, spec: BucketSpec, val_count: int, split
         skipped.sort(key=lambda s: (s.origin, s.reason))
         _print_skipped(skipped)
         if strict and skipped:
-            listing = "\n".join(f"  {s.origin}: {s.reason}" + (f" ({s.detail})" if s.detail else "") for s in skipped)
-            raise PackError(f"strict mode: {len(skipped)} bad item(s) in {source.description}:\n{listing}")
+            raise PackError(f"strict mode: {len(skipped)} bad item(s) in {source.description}:\n{_listing(skipped)}")
         if not groups:
-            raise PackError(f"no usable items in {source.description} ({len(skipped)} skipped, reasons above)")
+            shown = skipped[:MAX_LISTED_WHEN_EMPTY]
+            more = f"\n  ... and {len(skipped) - len(shown)} more" if len(skipped) > len(shown) else ""
+            raise PackError(
+                f"no usable items in {source.description}: all {len(skipped)} item(s) were skipped; "
+                f"fix or replace them:\n{_listing(shown)}{more}"
+            )
         val_ids = split_validation(sorted(groups), val_count, split_seed)
         per_bucket = _write_splits(staged, groups, val_ids, out_dir)
     stats = {
@@ -192,6 +197,10 @@ def _write_splits(staged: Path, groups: dict[str, int], val_ids: set[str], out_d
                 writer.write_table(pa.concat_tables(pending[split]), row_group_size=ROW_GROUP_SIZE)
             writer.close()
     return {split: dict(sorted(counts.items())) for split, counts in per_bucket.items()}
+
+
+def _listing(skipped: list[Skipped]) -> str:
+    return "\n".join(f"  {s.origin}: {s.reason}" + (f" ({s.detail})" if s.detail else "") for s in skipped)
 
 
 def _print_skipped(skipped: list[Skipped]) -> None:
