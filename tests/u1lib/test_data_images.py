@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from u1lib.data.images import BadItem, decode_image, encode_png, read_file_bytes
+from u1lib.data.images import ALLOWED_FORMATS, BadItem, decode_image, encode_png, read_file_bytes
 
 
 def encoded(image: Image.Image, fmt: str, **options) -> bytes:
@@ -70,6 +70,24 @@ def test_png_with_damaged_pixel_data():
 
 def test_format_outside_the_allowed_list_is_refused():
     assert reason_of(encoded(Image.new("RGB", (8, 8)), "PCX")) == "not a recognised image"
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [EPS, encoded(Image.new("RGB", (8, 8)), "PPM"), encoded(Image.new("RGB", (8, 8)), "TGA")],
+    ids=["eps", "ppm", "tga"],
+)
+def test_formats_outside_the_list_never_reach_their_plugin(monkeypatch, data):
+    Image.init()  # register every plugin first, so none is added unwatched later
+    calls = []
+    for fmt, (factory, accept) in list(Image.OPEN.items()):
+        if fmt not in ALLOWED_FORMATS:
+            monkeypatch.setitem(Image.OPEN, fmt, (lambda *a, fmt=fmt: calls.append(fmt) or 1 / 0, accept))
+    assert reason_of(data) == "not a recognised image"
+    assert calls == []
 
 
 def test_decompression_bomb_header_is_a_reason_not_a_crash():

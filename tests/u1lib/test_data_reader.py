@@ -74,6 +74,70 @@ def test_load_image_tensor_maps_0_255_to_minus_1_1():
     assert tensor[1, 1, 2].item() == pytest.approx(51 / 127.5 - 1)
 
 
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n0 0 moveto 64 64 lineto stroke\nshowpage\n%%EOF\n"
+
+
+def encoded(fmt: str, size=(64, 64)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (10, 200, 30)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def plugin_calls(monkeypatch):
+    """Formats whose Pillow plugin was asked to open something; only PNG's real plugin stays in place."""
+    Image.init()  # register every plugin first, so none is added unwatched later
+    calls = []
+    for fmt, (factory, accept) in list(Image.OPEN.items()):
+        if fmt != "PNG":
+            monkeypatch.setitem(Image.OPEN, fmt, (lambda *a, fmt=fmt: calls.append(fmt) or 1 / 0, accept))
+    return calls
+
+
+def with_image_cell(packed, tmp_path, row: int, data: bytes | None) -> tuple:
+    """A copy of the packed file whose row ``row`` holds ``data`` in its image cell."""
+    table = pq.read_table(packed)
+    images = table.column("image").to_pylist()
+    images[row] = data
+    path = tmp_path / "tampered.parquet"
+    index = table.schema.get_field_index("image")
+    pq.write_table(table.set_column(index, table.schema.field(index), pa.array(images, pa.binary())), path)
+    return path, table.column("sample_id")[row].as_py()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [EPS, encoded("BMP"), encoded("GIF"), encoded("JPEG"), encoded("TIFF"), encoded("WEBP"), encoded("PPM"), b"junk"],
+    ids=["eps", "bmp", "gif", "jpeg", "tiff", "webp", "ppm", "junk"],
+)
+def test_reader_opens_only_png_and_names_file_and_id(packed, tmp_path, plugin_calls, data):
+    path, sample_id = with_image_cell(packed, tmp_path, 0, data)
+    dataset = PackedDataset(path)
+    with pytest.raises(ValueError) as caught:
+        dataset.load_batch([0])
+    message = str(caught.value)
+    assert str(path) in message and repr(sample_id) in message and "re-run pack" in message
+    assert "not a PNG" in message
+    assert plugin_calls == []
+    dataset.load_batch([3])  # the untouched rows still load
+
+
+def test_reader_refuses_damaged_empty_or_resized_png_cells(packed, tmp_path):
+    good = pq.read_table(packed).column("image")[0].as_py()
+    cases = {
+        "damaged": good[: len(good) // 2],
+        "empty": b"",
+        "the image is 32x16, its row says": encoded("PNG", (32, 16)),
+    }
+    for expected, data in cases.items():
+        path, sample_id = with_image_cell(packed, tmp_path, 0, data)
+        with pytest.raises(ValueError) as caught:
+            PackedDataset(path).load_batch([0])
+        message = str(caught.value)
+        assert expected in message and str(path) in message and repr(sample_id) in message
+        assert "re-run pack" in message
+
+
 def test_load_batch_stacks_one_bucket(packed):
     dataset = PackedDataset(packed)
     ids, images = dataset.load_batch([0, 3, 6])

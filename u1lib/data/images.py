@@ -34,6 +34,7 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 # at open time regardless of this setting.
 DEFAULT_MAX_PIXELS = 89_478_485
 PNG_COMPRESS_LEVEL = 6  # pinned so that packing twice gives the same bytes
+STORED_FORMAT = "PNG"  # what encode_png writes into a pack, and all the training reader opens
 
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -115,5 +116,5 @@ def encode_png(image: Image.Image) -> bytes:
     bare = image.copy()
     bare.info.clear()  # Pillow would otherwise carry an ICC profile or transparency key into the file
     buffer = io.BytesIO()
-    bare.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
+    bare.save(buffer, format=STORED_FORMAT, compress_level=PNG_COMPRESS_LEVEL, optimize=False)
     return buffer.getvalue()

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
+from u1lib.data.images import STORED_FORMAT
 from u1lib.data.schema import PACKED_COLUMNS, read_schema, schema_problems
 
 INDEX_COLUMNS = ["sample_id", "bucket", "width", "height"]
@@ -80,8 +81,21 @@ class PackedDataset:
         buckets = sorted({row["bucket"] for row in rows})
         if len(buckets) != 1:
             raise ValueError(f"a batch must hold one bucket, got {', '.join(buckets)}")
-        images = torch.stack([load_image_tensor(row["image"]) for row in rows])
+        images = torch.stack([self._image_tensor(row) for row in rows])
         return [row["sample_id"] for row in rows], images
+
+    def _image_tensor(self, row: dict) -> torch.Tensor:
+        """One row's image; a cell pack did not write is refused with the file and the id."""
+        try:
+            tensor = load_image_tensor(row["image"])
+        except ValueError as err:
+            raise ValueError(f"{self.path}: sample_id {row['sample_id']!r}: {err}; re-run pack") from None
+        if tuple(tensor.shape[1:]) != (row["height"], row["width"]):
+            raise ValueError(
+                f"{self.path}: sample_id {row['sample_id']!r}: the image is {tensor.shape[2]}x{tensor.shape[1]}, "
+                f"its row says {row['width']}x{row['height']}; re-run pack"
+            )
+        return tensor
 
     def _locate(self, index: int) -> tuple[int, int]:
         if not 0 <= index < len(self):
@@ -97,9 +111,20 @@ class PackedDataset:
 
 
 def load_image_tensor(png_bytes: bytes) -> torch.Tensor:
-    """Decode one stored image to float32 ``[3, H, W]`` with x / 127.5 - 1 (0 -> -1, 255 -> 1)."""
-    with Image.open(io.BytesIO(png_bytes)) as image:
-        pixels = np.array(image.convert("RGB"), dtype=np.uint8)  # [H, W, 3], a writable copy
+    """Decode one stored image to float32 ``[3, H, W]`` with x / 127.5 - 1 (0 -> -1, 255 -> 1).
+
+    Only PNG is opened, the one format pack writes: bytes of any other kind never reach another
+    Pillow plugin (EPS would start Ghostscript). Anything unreadable raises ValueError.
+    """
+    if not png_bytes:
+        raise ValueError("the image cell is empty")
+    try:
+        with Image.open(io.BytesIO(png_bytes), formats=(STORED_FORMAT,)) as image:
+            pixels = np.array(image.convert("RGB"), dtype=np.uint8)  # [H, W, 3], a writable copy
+    except UnidentifiedImageError:
+        raise ValueError(f"the image cell is not a {STORED_FORMAT} file (pack stores {STORED_FORMAT} only)") from None
+    except Exception as err:  # noqa: BLE001 -- truncated streams and bad chunks surface as many exception types
+        raise ValueError(f"the image cell is a damaged {STORED_FORMAT} ({type(err).__name__}: {err})") from None
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous().to(torch.float32) / 127.5 - 1.0
 
 
