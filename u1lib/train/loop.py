@@ -27,7 +27,7 @@ from ..model.loading import load_model
 from ..model.offload import apply_memory_plan
 from ..model.u1 import U1Model
 from ..prefix import PrefixEncoder
-from ..provenance import source_hash
+from ..source_hash import code_hash
 from . import checkpoint as ckpt
 from .distributed import init_from_env
 from .inputs import open_cache, open_data
@@ -47,11 +47,10 @@ from .validation import Validator
 
 log = logging.getLogger(__name__)
 
-# sources whose change alters what a checkpoint's tensors mean (the math of a step, the schedule, the
-# optimizer or the data order); an edit to any of them makes a resume refuse (or, in the workflow, restart)
-_STEP_SOURCES = ("model/u1.py", "model/layers.py", "model/rope.py", "model/embedders.py", "lora/adapter.py",
-                 "train/loop.py", "train/optim.py", "train/prefixes.py", "train/objectives.py",
-                 "train/timesteps.py", "data/reader.py", "prefix.py")  # fmt: skip
+# The lineage's code: what the training step imports, less what cannot change a checkpoint's
+# tensors or the history it carries (display, file plumbing, the run summary, the resume rule itself).
+LINEAGE_EXCLUDED = ("train/progress.py", "train/stop.py", "train/run_folder.py", "train/summary.py",
+                    "train/resume.py", "train/metrics.py", "io.py", "provenance.py", "source_hash.py")  # fmt: skip
 
 
 class NonFiniteLoss(RuntimeError):
@@ -135,7 +134,7 @@ class Trainer:
             "data": self.train_data.fingerprint(),
             # the prompt the prefixes were made with: the cache records it, online mode is given it
             "prompt": cache.info["prompt"] if cache is not None else PromptSpec.from_dict(prompt or {}).to_dict(),
-            "engine": source_hash(*_STEP_SOURCES),
+            "engine": code_hash(["train/loop.py"], exclude=LINEAGE_EXCLUDED),
         }
 
     def autocast(self):
