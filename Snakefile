@@ -1,6 +1,9 @@
 """SenseNova-U1 LoRA pipeline: snapshot -> pack -> cache -> train (one run per variant) -> sample -> report.
 
-Run: snakemake --cores all results/report.html  (another config: --configfile config/u1-8b.yaml)
+Run:
+    snakemake --cores all results/report.html
+    snakemake --cores all results/report.html --configfile config/u1-8b.yaml  # another config
+The target goes before --configfile, which takes every name after it as a config file.
 """
 
 from snakemake.utils import min_version
