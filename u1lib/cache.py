@@ -2,8 +2,8 @@
 
 Layout of ``out_dir``: ``shard-00000.safetensors`` ... holding ``{sample_id}.k`` / ``{sample_id}.v``
 as [layers, kv_heads, L, head_dim] (the unconditional prefix under ``__uncond__``), ``manifest.parquet``
-(sample_id, shard, length) and ``cache_info.json`` (the key fields and their hash). The reader memory
-maps shards and stacks only the rows of the current batch.
+(sample_id, shard, length) and ``cache_info.json`` (the key fields, their hash and the names of the data
+files it was built from). The reader memory maps shards and stacks only the rows of the current batch.
 """
 
 from __future__ import annotations
@@ -129,7 +129,9 @@ def build_cache(
     table = pa.table({name: [r[name] for r in rows] for name in ("sample_id", "shard", "length")})
     with atomic_path(out_dir / "manifest.parquet") as tmp:
         pq.write_table(table, tmp)
-    info = {**key, "entries": len(rows), "tokens": sum(r["length"] for r in rows)}
+    # file names only: they tell a reader what to rebuild from without recording this machine's paths
+    data_files = [Path(path).name for path in data_paths]
+    info = {**key, "entries": len(rows), "tokens": sum(r["length"] for r in rows), "data_files": data_files}
     write_json(out_dir / "cache_info.json", info)
     return info
 
@@ -153,9 +155,25 @@ class PrefixCacheReader:
             self._handles[shard] = safe_open(self.cache_dir / shard, framework="pt")
         return self._handles[shard]
 
+    def missing(self, sample_ids: Sequence[str]) -> list[str]:
+        """The ids without a cached prefix, in order, each once: a run can check its data before a model loads."""
+        return list(dict.fromkeys(i for i in sample_ids if i not in self.shard_of))
+
+    def missing_message(self, sample_ids: Sequence[str]) -> str:
+        """What the cache was built from and how to rebuild it, for ids that :meth:`missing` returned."""
+        files = self.info.get("data_files")
+        built_from = ", ".join(files) if files else "data files it does not record (an older cache)"
+        more = f" and {len(sample_ids) - 5} more" if len(sample_ids) > 5 else ""
+        shown = ", ".join(map(repr, sample_ids[:5])) + more
+        return (
+            f"prefix cache {self.cache_dir} was built from {built_from} without sample(s) {shown}: rebuild it from "
+            f"every data file the run reads, e.g. `python -m u1lib cache --snapshot SNAPSHOT --manifest MANIFEST "
+            f"--data TRAIN.parquet VAL.parquet --out {self.cache_dir}`"
+        )
+
     def one(self, sample_id: str) -> PrefixKV:
         if sample_id not in self.shard_of:
-            raise KeyError(f"sample {sample_id!r} is not in the prefix cache {self.cache_dir}; rebuild the cache")
+            raise KeyError(self.missing_message([sample_id]))
         handle = self._handle(self.shard_of[sample_id])
         k, v = handle.get_tensor(f"{sample_id}.k"), handle.get_tensor(f"{sample_id}.v")
         to = dict(device=self.device, dtype=self.dtype or k.dtype, non_blocking=True)

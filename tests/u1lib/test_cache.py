@@ -1,7 +1,9 @@
-"""The prefix cache: exact agreement with the engine, keys that notice changes, size estimate."""
+"""The prefix cache: exact agreement with the engine, keys that notice changes, size estimate, and what
+it says when asked for a sample it was not built with."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from u1lib.cache import PrefixCacheReader, build_cache, bytes_per_token, cache_key, estimate
@@ -74,3 +76,29 @@ def test_rows_of_equal_length_batch_without_changing_bits(tiny_workspace):
     batch = encoder.encode_ids(rows)
     for index, row in enumerate(rows):
         assert _equal(batch.select(index), encoder.encode_ids([row])), index
+
+
+def test_a_cache_records_its_data_files_and_names_them_when_a_sample_is_missing(tiny_workspace, tmp_path):
+    ws = tiny_workspace
+    assert PrefixCacheReader(ws["cache_dir"]).info["data_files"] == ["train.parquet", "val.parquet"]
+    build_cache(ws["snapshot_dir"], ws["manifest_path"], [ws["train_parquet"]], tmp_path / "c")  # val left out
+    reader = PrefixCacheReader(tmp_path / "c")
+    train_ids = PackedDataset(ws["train_parquet"]).sample_ids
+    val_ids = PackedDataset(ws["val_parquet"]).sample_ids
+    assert reader.missing(train_ids) == []
+    assert reader.missing([val_ids[1], train_ids[0], *val_ids]) == [val_ids[1], val_ids[0]]  # in order, each once
+    with pytest.raises(KeyError) as err:
+        reader.one(val_ids[0])
+    message = err.value.args[0]
+    assert f"prefix cache {tmp_path / 'c'} was built from train.parquet without sample(s) {val_ids[0]!r}" in message
+    assert "--data TRAIN.parquet VAL.parquet" in message
+    # names only: the cache says what it was built from without recording this machine's folders
+    assert str(ws["train_parquet"].parent) not in (tmp_path / "c" / "cache_info.json").read_text()
+
+
+def test_the_missing_message_shortens_a_long_list(tiny_workspace):
+    reader = PrefixCacheReader(tiny_workspace["cache_dir"])
+    ids = [f"gone{i}" for i in range(8)]
+    assert reader.missing(ids) == ids
+    message = reader.missing_message(ids)
+    assert "'gone0', 'gone1', 'gone2', 'gone3', 'gone4' and 3 more" in message and "gone5" not in message
