@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
+import time
+import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,8 +27,13 @@ from .lora.io import bake_lora, read_lora_file, wrap_from_file
 from .model.loading import load_model
 from .model.sampling import CFG_NORMS, SAMPLER_T_EPS, euler_sample
 from .model.u1 import PrefixKV, U1Model
+from .names import check_name
 from .prefix import PrefixEncoder
 from .settings import from_section
+
+progress = logging.getLogger("u1lib.progress")
+# beyond these a CPU takes minutes per image: worth a word before the wait starts
+CPU_QUICK_PIXELS, CPU_QUICK_STEPS = 256 * 256, 20
 
 
 @dataclass(frozen=True)
@@ -62,23 +70,67 @@ class SampleSettings:
 
 
 def load_prompts(path: Path) -> list[dict]:
-    """A prompt set: YAML list of {id, prompt} or a mapping id -> prompt (optionally under `prompts:`)."""
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    """A prompt set: YAML list of {id, prompt} or a mapping id -> prompt (optionally under `prompts:`).
+
+    Ids name the PNG files, so each must pass :func:`check_name` and no two may differ only in
+    letter case (one file on macOS and Windows). An empty set is refused: it would sample nothing.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({err})") from None
     if isinstance(raw, dict) and "prompts" in raw:
         raw = raw["prompts"]
     if isinstance(raw, dict):
-        raw = [{"id": str(k), "prompt": v} for k, v in raw.items()]
+        raw = [{"id": k, "prompt": v} for k, v in raw.items()]
+    if not raw:
+        raise ValueError(f"{path}: no prompts; list at least one (format: config/prompts/demo.yaml)")
     if not isinstance(raw, list) or not all(isinstance(p, dict) and {"id", "prompt"} <= p.keys() for p in raw):
         raise ValueError(f"{path}: a prompt set is a list of {{id, prompt}} entries or a mapping id -> prompt")
-    ids = [str(p["id"]) for p in raw]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{path}: prompt ids must be unique")
-    return [{"id": str(p["id"]), "prompt": str(p["prompt"])} for p in raw]
+    prompts, seen = [], {}
+    for entry in raw:
+        prompt_id = check_name("" if entry["id"] is None else str(entry["id"]), "prompt id", str(path))
+        if entry["prompt"] is None:
+            raise ValueError(f"{path}: prompt id {prompt_id!r} has no prompt text")
+        same_file = unicodedata.normalize("NFC", prompt_id).casefold()
+        if same_file in seen:
+            raise ValueError(f"{path}: prompt id {prompt_id!r} repeats {seen[same_file]!r} (ids name PNG files and "
+                             "must differ by more than letter case): rename one")  # fmt: skip
+        seen[same_file] = prompt_id
+        prompts.append({"id": prompt_id, "prompt": str(entry["prompt"])})
+    return prompts
 
 
 def initial_noise(seed: int, height: int, width: int, noise_scale: float) -> torch.Tensor:
     """[1, 3, H, W] from a CPU generator: device independent, as upstream's CPU seeding."""
     return noise_scale * torch.randn((1, 3, height, width), generator=torch.Generator("cpu").manual_seed(seed))
+
+
+def _inside(folder: Path, name: str) -> Path:
+    """``folder / name``, refused unless it resolves to a file directly in ``folder`` (a guard behind check_name)."""
+    path = folder / name
+    if path.resolve().parent != folder.resolve():
+        raise ValueError(f"refusing to write {path}: it resolves outside {folder}; check the prompt ids and "
+                         "variant names")  # fmt: skip
+    return path
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+class _Progress:
+    """Images done out of a planned total; the ETA comes from the pace of the batches done so far."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.started = total, 0, time.perf_counter()
+
+    def batch_done(self, images: int, label: str) -> None:
+        self.done += images
+        per_image = (time.perf_counter() - self.started) / self.done
+        progress.info("%s: %d/%d images, %.1f s/image, eta %s", label, self.done, self.total, per_image,
+                      _duration(per_image * (self.total - self.done)))  # fmt: skip
 
 
 def to_png(image: torch.Tensor) -> bytes:
@@ -106,19 +158,35 @@ class Sampler:
         self.encoder = PrefixEncoder(self.model, load_tokenizer(snapshot_dir), prompt_spec, self.device)
         self.uncond = self.encoder.uncond()
         self._prefixes: dict[str, PrefixKV] = {}
+        self._progress: _Progress | None = None
+
+    def plan(self, variants: int, prompts: int) -> None:
+        """Say what is about to run, warn when it is a GPU-sized job on the CPU, and start the ETA clock."""
+        s = self.s
+        total = variants * prompts * len(s.seeds)
+        progress.info("sampling %d images (%d variants x %d prompts x %d seeds) at %dx%d, %d steps, cfg %g on %s",
+                      total, variants, prompts, len(s.seeds), s.width, s.height, s.steps, s.cfg_scale,
+                      self.device)  # fmt: skip
+        if self.device.type == "cpu" and (s.width * s.height > CPU_QUICK_PIXELS or s.steps > CPU_QUICK_STEPS):
+            progress.warning("%dx%d at %d steps is sized for a GPU and can take minutes per image on the CPU; for a "
+                             "quick look pass --size 64 64 --steps 10 (sample.width, sample.height and sample.steps "
+                             "in a config)", s.width, s.height, s.steps)  # fmt: skip
+        self._progress = _Progress(total)
 
     def _prefix(self, prompt: str) -> PrefixKV:
         if prompt not in self._prefixes:
             self._prefixes[prompt] = self.encoder.captions([prompt])
         return self._prefixes[prompt]
 
-    def images(self, jobs: list[tuple[dict, int]]) -> list[torch.Tensor]:
-        """Sample every (prompt entry, seed) job, batch_size at a time."""
+    def images(self, jobs: list[tuple[dict, int]], label: str = "sampling") -> list[torch.Tensor]:
+        """Sample every (prompt entry, seed) job, batch_size at a time, logging progress after each batch."""
         s, cfg = self.s, self.model.config
         p = cfg.token_size
         if s.width % p or s.height % p:
             raise ValueError(f"sample width/height {s.width}x{s.height} must be multiples of the token size {p}")
         noise_scale = cfg.noise_scale_for((s.height // p) * (s.width // p))
+        if self._progress is None or self._progress.total - self._progress.done < len(jobs):
+            self._progress = _Progress(len(jobs))  # no plan() covers these jobs: count them alone
         out = []
         for start in range(0, len(jobs), s.batch_size):
             chunk = jobs[start : start + s.batch_size]
@@ -130,6 +198,7 @@ class Sampler:
                 cfg_interval=s.cfg_interval, t_eps=s.t_eps,
             )  # fmt: skip
             out.extend(images)
+            self._progress.batch_done(len(chunk), label)
         return out
 
     def run_variant(self, variant: str, adapter: Path | None, prompts: list[dict], out_dir: Path, prompt_set: str) -> dict:
@@ -137,11 +206,14 @@ class Sampler:
         params = dict(self.model.named_parameters())
         lora = read_lora_file(adapter) if adapter else None
         saved = {n: params[n].detach().clone() for n in (lora.full if lora else {})}
+        jobs = [(entry, seed) for entry in prompts for seed in self.s.seeds]
+        # every target checked before any compute: a name that escapes out_dir fails at once
+        files = [_inside(out_dir, f"{entry['id']}_seed{seed}.png") for entry, seed in jobs]
+        index_path = _inside(out_dir, "index.json")
         try:
             if lora:
                 wrap_from_file(self.model, lora)
-            jobs = [(entry, seed) for entry in prompts for seed in self.s.seeds]
-            images = self.images(jobs)
+            images = self.images(jobs, label=variant)
         finally:
             if lora:
                 unwrap(self.model)
@@ -152,16 +224,15 @@ class Sampler:
         for stale in out_dir.glob("*.png"):  # a rerun with fewer prompts or seeds leaves no strays
             stale.unlink()
         records = []
-        for (entry, seed), image in zip(jobs, images):
-            name = f"{entry['id']}_seed{seed}.png"
-            write_bytes(out_dir / name, to_png(image))
-            records.append({"prompt_id": entry["id"], "prompt": entry["prompt"], "seed": seed, "file": name})
+        for (entry, seed), image, path in zip(jobs, images, files):
+            write_bytes(path, to_png(image))
+            records.append({"prompt_id": entry["id"], "prompt": entry["prompt"], "seed": seed, "file": path.name})
         index = {
             "variant": variant, "prompt_set": prompt_set, "adapter": str(adapter) if adapter else None,
             "sampler": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.s).items()},
             "images": records,
         }  # fmt: skip
-        write_json(out_dir / "index.json", index)
+        write_json(index_path, index)
         return index
 
 
@@ -171,6 +242,7 @@ def sample_variant(
 ) -> dict:  # fmt: skip
     """One variant's grid (the workflow's entry point); ``manifest_path`` is accepted for provenance symmetry."""
     sampler = Sampler(Path(snapshot_dir), SampleSettings.from_dict(settings), PromptSpec.from_dict(prompt or {}))
+    sampler.plan(variants=1, prompts=len(prompts))
     return sampler.run_variant(variant, Path(adapter) if adapter else None, prompts, Path(out_dir), prompt_set)
 
 
@@ -194,14 +266,18 @@ def cli(verb: str, argv: list[str]) -> int:
             settings[key] = value
     if args.size:
         settings["width"], settings["height"] = args.size
-    sampler = Sampler(args.snapshot, SampleSettings.from_dict(settings), PromptSpec.from_dict(raw.get("prompt", {})))
-    prompts = load_prompts(args.prompts)
+    prompts = load_prompts(args.prompts)  # bad prompts and variant names fail before the model loads
     variants = {"base": None}
     for item in args.adapter:
         name, sep, path = item.partition("=")
         if not sep:
             parser.error(f"--adapter {item!r}: expected NAME=PATH")
-        variants[name] = Path(path)
+        if name in variants:
+            parser.error(f"--adapter {item!r}: a variant {name!r} is already sampled ('base' is the model without "
+                         "an adapter); give each adapter its own name")  # fmt: skip
+        variants[check_name(name, "--adapter variant name")] = Path(path)
+    sampler = Sampler(args.snapshot, SampleSettings.from_dict(settings), PromptSpec.from_dict(raw.get("prompt", {})))
+    sampler.plan(variants=len(variants), prompts=len(prompts))
     for name, path in variants.items():
         index = sampler.run_variant(name, path, prompts, args.out / name, args.prompts.stem)
         print(f"{name}: {len(index['images'])} images -> {args.out / name}")

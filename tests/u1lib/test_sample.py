@@ -1,13 +1,20 @@
-"""The sampling stage: golden trajectory end to end, seeds, adapters, and the upstream-LoRA skip list."""
+"""The sampling stage: golden trajectory end to end, seeds, adapters, the upstream-LoRA skip list, prompt
+sets whose ids must stay file names inside the output folder, and what a run says while it works."""
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+
+import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from u1lib.io import save_safetensors
 from u1lib.model.loading import load_model
-from u1lib.sample import SampleSettings, Sampler, initial_noise, sample_variant
+from u1lib.sample import SampleSettings, Sampler, cli, initial_noise, load_prompts, sample_variant
 from u1lib.data.prompts import PromptSpec
 from u1lib.train.loop import Trainer
 from u1lib.train.settings import TrainSettings
@@ -75,3 +82,127 @@ def test_upstream_lora_skip_list_is_the_same_in_training_and_sampling(tiny_works
     assert torch.equal(trained[q], sampled[q])  # identically in both places
     assert torch.equal(trained[head], original[head]) and torch.equal(sampled[head], original[head])  # skipped
     assert trainer.baked["skipped"] == ["fm_modules.fm_head.0"]
+
+
+# ids that would write outside the output folder or name a file badly, in both prompt-set forms
+BAD_IDS = ["../../x", "/abs/path", "a/b", "..", ".hidden", "C:\\x", "", "a\nb", "a\x00b", "two words", None]
+
+
+@pytest.mark.parametrize("bad", BAD_IDS)
+@pytest.mark.parametrize("form", ["list", "mapping"])
+def test_prompt_sets_refuse_ids_that_are_not_safe_file_names(tmp_path, bad, form):
+    entries = [{"id": "ok", "prompt": "a rocket"}, {"id": bad, "prompt": "a fox"}]
+    raw = {"prompts": entries} if form == "list" else {e["id"]: e["prompt"] for e in entries}
+    path = tmp_path / "prompts.yaml"
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True))
+    assert yaml.safe_load(path.read_text()) == raw  # the bad id reaches load_prompts exactly
+    with pytest.raises(ValueError) as err:
+        load_prompts(path)
+    shown = "" if bad is None else bad
+    assert str(err.value).startswith(f"prompt id {shown!r} in {path} "), str(err.value)
+
+
+@pytest.mark.parametrize("text", ["", "prompts: []\n", "prompts:\n", "{}\n", "# only a comment\n"])
+def test_an_empty_prompt_set_is_refused(tmp_path, text):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(path))}: no prompts; list at least one"):
+        load_prompts(path)
+
+
+CLASHES = [(["cat", "cat"], "'cat' repeats 'cat'"), (["Cat", "cAT"], "'cAT' repeats 'Cat'"),
+           (["caf\u00e9", "cafe\u0301"], "'cafe\u0301' repeats 'caf\u00e9'")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("ids", "clash"), CLASHES)
+def test_ids_naming_the_same_file_are_refused(tmp_path, ids, clash):
+    """Letter case and Unicode normalisation: one file on macOS and Windows."""
+    path = tmp_path / "p.yaml"
+    path.write_text(json.dumps([{"id": i, "prompt": "x"} for i in ids]))
+    with pytest.raises(ValueError, match=re.escape(f"prompt id {clash}")):
+        load_prompts(path)
+
+
+def test_a_prompt_without_text_is_refused_instead_of_sampling_the_word_none(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("cat:\n")
+    with pytest.raises(ValueError, match="prompt id 'cat' has no prompt text"):
+        load_prompts(path)
+
+
+def test_good_ids_in_any_script_load_in_order(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("prompts:\n  - {id: 猫, prompt: a cat}\n  - {id: 2, prompt: two}\n"
+                    "  - {id: café, prompt: coffee}\n")  # fmt: skip
+    assert load_prompts(path) == [{"id": "猫", "prompt": "a cat"}, {"id": "2", "prompt": "two"},
+                                  {"id": "café", "prompt": "coffee"}]  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", ["../x", "/abs", "a/b", "..", ".hidden", "", "a\tb"])
+def test_sample_cli_refuses_unsafe_variant_names_before_loading_a_model(tmp_path, bad):
+    (tmp_path / "p.yaml").write_text("cat: a cat\n")
+    argv = ["--snapshot", str(tmp_path / "no-snapshot"), "--prompts", str(tmp_path / "p.yaml"),
+            "--out", str(tmp_path / "out"), "--adapter", f"{bad}=a.safetensors"]  # fmt: skip
+    with pytest.raises(ValueError, match=f"^{re.escape(f'--adapter variant name {bad!r} ')}"):  # not the snapshot
+        cli("sample", argv)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["base", "a"])
+def test_sample_cli_refuses_a_variant_name_given_twice(tmp_path, name, capsys):
+    (tmp_path / "p.yaml").write_text("cat: a cat\n")
+    argv = ["--snapshot", str(tmp_path), "--prompts", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "out"),
+            "--adapter", "a=1.safetensors", "--adapter", f"{name}=2.safetensors"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        cli("sample", argv)
+    assert f"a variant {name!r} is already sampled" in capsys.readouterr().err
+
+
+ONE_STEP = {"steps": 1, "width": 16, "height": 16}
+
+
+@pytest.mark.parametrize("bad", ["../escaped", "sub/dir", "/abs/escaped"])
+def test_writes_outside_the_output_folder_are_refused_even_without_load_prompts(tiny_workspace, tmp_path, bad):
+    """The second guard: entries that never went through load_prompts, caught before any image is sampled."""
+    out = tmp_path / "deep" / "out"
+    with pytest.raises(ValueError, match=f"refusing to write .*: it resolves outside {re.escape(str(out))}"):
+        sample_variant(snapshot_dir=tiny_workspace["snapshot_dir"], adapter=None, out_dir=out, variant="base",
+                       prompts=[{"id": bad, "prompt": "a fox"}], settings=ONE_STEP)  # fmt: skip
+    assert not list(tmp_path.rglob("*.png")) and not out.exists()
+
+
+def test_a_symlinked_target_pointing_elsewhere_is_refused(tiny_workspace, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "p_seed0.png").symlink_to(tmp_path / "elsewhere.png")
+    with pytest.raises(ValueError, match="resolves outside"):
+        sample_variant(snapshot_dir=tiny_workspace["snapshot_dir"], adapter=None, out_dir=out, variant="base",
+                       prompts=[{"id": "p", "prompt": "a fox"}], settings=ONE_STEP)  # fmt: skip
+    assert not (tmp_path / "elsewhere.png").exists()
+
+
+def test_a_run_logs_its_plan_and_progress_with_an_eta(tiny_workspace, tmp_path, caplog):
+    settings = {"seeds": [0, 1, 2], "steps": 2, "width": 32, "height": 16, "batch_size": 2, "cfg_scale": 3.5}
+    prompts = [{"id": "p", "prompt": "a rocket"}]
+    with caplog.at_level(logging.INFO, logger="u1lib.progress"):
+        sample_variant(snapshot_dir=tiny_workspace["snapshot_dir"], adapter=None, prompts=prompts,
+                       settings=settings, out_dir=tmp_path / "s", variant="base")  # fmt: skip
+    lines = [r.getMessage() for r in caplog.records if r.name == "u1lib.progress"]
+    assert lines[0] == "sampling 3 images (1 variants x 1 prompts x 3 seeds) at 32x16, 2 steps, cfg 3.5 on cpu"
+    assert [line.split(",")[0] for line in lines[1:]] == ["base: 2/3 images", "base: 3/3 images"]  # one per batch
+    assert all(" s/image, eta " in line for line in lines[1:]) and lines[-1].endswith("eta 0 s")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # small work: no CPU warning
+
+
+@pytest.mark.parametrize(("settings", "warned"), [({"width": 512, "height": 512, "steps": 10}, True),
+                                                  ({"width": 64, "height": 64, "steps": 50}, True),
+                                                  ({"width": 256, "height": 256, "steps": 20}, False)])  # fmt: skip
+def test_large_work_on_the_cpu_is_announced_with_the_flags_for_a_quick_look(tiny_workspace, caplog, settings, warned):
+    sampler = Sampler(tiny_workspace["snapshot_dir"], SampleSettings.from_dict({**settings, "device": "cpu"}),
+                      PromptSpec())  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="u1lib.progress"):
+        sampler.plan(variants=2, prompts=4)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert bool(warnings) == warned
+    if warned:
+        assert "--size" in warnings[0] and "--steps" in warnings[0] and "CPU" in warnings[0]
