@@ -21,26 +21,22 @@ from safetensors import safe_open
 
 from .data.prompts import PromptSpec, load_tokenizer
 from .data.reader import PackedDataset
+from .device import DTYPES, resolve_device
 from .io import atomic_path, read_json, save_safetensors, sha256_file, write_json
 from .model.config import U1Config
 from .model.loading import load_model
 from .model.u1 import PrefixKV
 from .prefix import UNCOND_ID, PrefixEncoder
-from .provenance import source_hash
+from .source_hash import code_hash
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_ENGINE_SOURCES = ("model/u1.py", "model/layers.py", "model/rope.py", "prefix.py", "data/prompts.py", "cache.py")
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+# The cache key's code: what computes the cached K/V, less file plumbing and the snapshot check
+# (an edit to those must not recompute an 8B cache).
+CACHE_CODE_EXCLUDED = ("io.py", "provenance.py", "source_hash.py", "names.py")
 
 
 def engine_hash() -> str:
-    """Hash of the sources that decide the cached tensors (a code change must never reuse a stale cache)."""
-    return source_hash(*_ENGINE_SOURCES)
+    """Hash of the code that decides the cached tensors (a code change must never reuse a stale cache)."""
+    return code_hash(["cache.py"], exclude=CACHE_CODE_EXCLUDED)
 
 
 def cache_key(snapshot_dir: Path, manifest_path: Path, spec: PromptSpec, dtype: str) -> dict:

@@ -19,8 +19,8 @@ import torch
 import yaml
 from PIL import Image
 
-from .cache import DTYPES, resolve_device
 from .data.prompts import PromptSpec, load_tokenizer
+from .device import resolve_device, resolve_dtype
 from .io import write_bytes, write_json
 from .lora.adapter import unwrap
 from .lora.io import bake_lora, read_lora_file, wrap_from_file
@@ -147,8 +147,7 @@ class Sampler:
     def __init__(self, snapshot_dir: Path, settings: SampleSettings, prompt_spec: PromptSpec):
         self.s = settings
         self.device = resolve_device(settings.device)
-        dtype = settings.dtype if settings.dtype != "auto" else ("bfloat16" if self.device.type == "cuda" else "float32")
-        self.dtype = DTYPES[dtype]
+        self.dtype = resolve_dtype(settings.dtype, self.device)
         self.model: U1Model = load_model(snapshot_dir, ["und", "embed", "gen", "fm"], device=self.device, dtype=self.dtype)
         if settings.upstream_lora:
             spec = settings.upstream_lora

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..device import resolve_device
 from ..io import read_json, write_json
 from ..model.config import U1Config
 from ..provenance import git_commit, versions
@@ -46,7 +47,7 @@ def run_bench(settings: dict, out_json: Path) -> dict:
         raise ValueError("bench settings: 'measures' lists no measure")
     cfg = U1Config.from_file(settings.get("config") or DEFAULT_CONFIG)
     dist = init_from_env()  # under torchrun: one rank per GPU, rank 0 reports
-    device = torch.device(settings.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(settings.get("device") or "auto")
     rec = Recorder(device)
     record = {"device": device_name(device), "versions": versions(), "git_commit": git_commit(), "config": cfg.to_dict(),
               "matmul_tflops": matmul_tflops(device), "results": []}  # fmt: skip

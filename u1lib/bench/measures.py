@@ -8,6 +8,7 @@ import statistics
 
 import torch
 
+from ..device import resolve_dtype
 from ..lora.adapter import make_trainable
 from ..lora.spec import TrainableSurface
 from ..model.config import U1Config
@@ -36,8 +37,7 @@ def random_prefix(cfg: U1Config, lengths: list[int], device, generator: torch.Ge
 
 
 def _model(cfg: U1Config, groups: list[str], device: torch.device, m: Measure, compile: bool | None = None) -> U1Model:
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = random_model(cfg, groups, device=device, dtype=dtype)
+    model = random_model(cfg, groups, device=device, dtype=resolve_dtype("auto", device))
     if m.compile if compile is None else compile:
         model.compile_layers()
     return model

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from ..cache import PrefixCacheReader, resolve_device
+from ..cache import PrefixCacheReader
 from ..data.prompts import PromptSpec, load_tokenizer
 from ..data.reader import BucketBatchSampler
+from ..device import resolve_device, resolve_dtype
 from ..io import read_json, write_json
 from ..lora.adapter import make_trainable
 from ..lora.io import adapter_metadata, bake_lora, read_lora_file, save_adapter
@@ -64,7 +65,8 @@ class Trainer:
             raise ValueError(f"on_incompatible {on_incompatible!r} is not one of {ON_INCOMPATIBLE}")
         self.s, self.run_dir, self.on_incompatible = s, Path(run_dir), on_incompatible
         self.dist = init_from_env()
-        self.device, self.base_dtype = self._choose_device()
+        self.device = resolve_device(s.device)  # after init_from_env: each rank's own GPU
+        self.base_dtype = resolve_dtype(s.precision, self.device)
         self.manifest = read_json(manifest_path)
         self.train_data, self.val_data, self.val_source = open_data(Path(train_parquet), val_parquet)
         cache = None  # before the model loads: a cache that cannot serve fails fast
@@ -100,13 +102,6 @@ class Trainer:
         self.progress = TrainProgress(s.steps, 0)
 
     # setup --------------------------------------------------------------------------------
-    def _choose_device(self) -> tuple[torch.device, torch.dtype]:
-        device = resolve_device(self.s.device)
-        if device.type == "cuda" and self.dist.active:
-            device = torch.device("cuda", torch.cuda.current_device())
-        use_bf16 = self.s.precision == "bf16" or (self.s.precision == "auto" and device.type == "cuda")
-        return device, torch.bfloat16 if use_bf16 else torch.float32
-
     def _load_model(self, snapshot_dir) -> U1Model:
         groups = ["gen", "fm"] + (["und", "embed"] if self.s.memory_mode == "online_prefix" else [])
         return load_model(snapshot_dir, groups, device=self.device, dtype=self.base_dtype)
