@@ -202,27 +202,9 @@ def test_state_from_other_settings_is_refused():
         BucketBatchSampler(fake_dataset(), batch_size=3, seed=2).load_state_dict(state)
 
 
-@pytest.mark.parametrize("world_size", [2, 3])
-def test_shards_are_disjoint_and_cover_the_epoch(world_size):
-    base = BucketBatchSampler(fake_dataset(), batch_size=2, seed=3)
-    full = base.epoch_batches(4)
-    shards = [base.shard(rank, world_size).epoch_batches(4) for rank in range(world_size)]
-    flat = [tuple(b) for shard in shards for b in shard]
-    assert len(flat) == len(set(flat)) == len(full)
-    assert sorted(flat) == sorted(tuple(b) for b in full)
-
-
-def test_drop_last_shards_take_equal_steps():
-    base = BucketBatchSampler(fake_dataset(), batch_size=2, seed=3, drop_last=True)
-    lengths = {len(base.shard(rank, 4)) for rank in range(4)}
-    assert lengths == {len(base) // 4}
-
-
 def test_impossible_settings_are_refused():
     with pytest.raises(ValueError, match="lower batch_size"):
         BucketBatchSampler(fake_dataset(), batch_size=11, seed=0, drop_last=True)
-    with pytest.raises(ValueError, match="rank"):
-        BucketBatchSampler(fake_dataset(), batch_size=2, seed=0).shard(2, 2)
     with pytest.raises(ValueError, match="batch_size"):
         BucketBatchSampler(fake_dataset(), batch_size=0, seed=0)
 

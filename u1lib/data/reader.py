@@ -3,14 +3,12 @@
 :class:`PackedDataset` reads only the small columns up front and fetches whole rows one row group
 at a time, so the image column is never loaded as a whole. :class:`BucketBatchSampler` makes
 batches of one bucket each; its order is a pure function of (seed, epoch), so a resumed run given
-the saved ``(epoch, position)`` continues exactly, and ranks of a data-parallel job take disjoint
-slices of every epoch.
+the saved ``(epoch, position)`` continues exactly, on any number of data-parallel ranks.
 """
 
 from __future__ import annotations
 
 import bisect
-import copy
 import hashlib
 import io
 import itertools
@@ -137,10 +135,9 @@ class BucketBatchSampler:
     """Batches of indices from one bucket each; an epoch is a seeded shuffle without replacement.
 
     Per epoch: each bucket's indices are shuffled and cut into batches (a short last batch is kept
-    unless ``drop_last``), then the batches of all buckets are shuffled together. With several
-    ranks (:meth:`shard`), rank r takes batches r, r + world_size, ...; with ``drop_last`` the
-    epoch is first cut to a multiple of world_size so every rank makes the same number of steps,
-    otherwise the ranks together cover every batch and the last ranks may get one batch fewer.
+    unless ``drop_last``), then the batches of all buckets are shuffled together. Data-parallel
+    ranks all draw the same global batches and each takes its slice (train/distributed.py), so
+    the order does not depend on the number of ranks.
 
     Iterating yields the rest of the current epoch; the next iteration starts the next epoch.
     ``state_dict()`` is ``(epoch, position)`` = batches of this epoch already handed out.
@@ -152,7 +149,6 @@ class BucketBatchSampler:
         self.batch_size = batch_size
         self.seed = seed
         self.drop_last = drop_last
-        self.rank, self.world_size = 0, 1
         by_bucket: dict[str, list[int]] = defaultdict(list)
         for index, bucket in enumerate(dataset.buckets):
             by_bucket[bucket].append(index)
@@ -161,19 +157,10 @@ class BucketBatchSampler:
         self._plan: tuple[int, list[list[int]]] | None = None
         self._check_not_empty()
 
-    def shard(self, rank: int, world_size: int) -> BucketBatchSampler:
-        """A copy that yields only rank ``rank``'s part of each epoch (same seed and state)."""
-        if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
-            raise ValueError(f"need 0 <= rank < world_size, got rank {rank!r}, world_size {world_size!r}")
-        sharded = copy.copy(self)
-        sharded.rank, sharded.world_size, sharded._plan = rank, world_size, None
-        sharded._check_not_empty()
-        return sharded
-
     def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """This rank's batches of ``epoch``, in order."""
+        """The batches of ``epoch``, in order."""
         if self._plan is None or self._plan[0] != epoch:
-            self._plan = (epoch, self._all_batches(epoch)[self.rank :: self.world_size])
+            self._plan = (epoch, self._all_batches(epoch))
         return self._plan[1]
 
     def _all_batches(self, epoch: int) -> list[list[int]]:
@@ -184,17 +171,14 @@ class BucketBatchSampler:
                 batch = shuffled[start : start + self.batch_size]
                 if len(batch) == self.batch_size or not self.drop_last:
                     batches.append(batch)
-        batches = [batches[k] for k in _hash_order(len(batches), f"{self.seed}:{epoch}:batches")]
-        if self.drop_last:
-            batches = batches[: len(batches) - len(batches) % self.world_size]
-        return batches
+        return [batches[k] for k in _hash_order(len(batches), f"{self.seed}:{epoch}:batches")]
 
     def _check_not_empty(self) -> None:
         if not self.epoch_batches(0):
             sizes = ", ".join(f"{bucket}: {len(ids)}" for bucket, ids in self._by_bucket.items()) or "no rows"
             raise ValueError(
-                f"no batch for rank {self.rank} of {self.world_size} with batch_size {self.batch_size} "
-                f"and drop_last={self.drop_last} (items per bucket: {sizes}); lower batch_size or add images"
+                f"no batch with batch_size {self.batch_size} and drop_last={self.drop_last} "
+                f"(items per bucket: {sizes}); lower batch_size or add images"
             )
 
     def __len__(self) -> int:
@@ -219,14 +203,15 @@ class BucketBatchSampler:
     def state_dict(self) -> dict:
         return {
             "epoch": self.epoch, "position": self.position, "seed": self.seed, "batch_size": self.batch_size,
-            "drop_last": self.drop_last, "rank": self.rank, "world_size": self.world_size,
+            "drop_last": self.drop_last,
         }  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from a saved state; the settings that shape the order must be unchanged."""
+        """Continue from a saved state; the settings that shape the order must be unchanged (the rank
+        fields older checkpoints carry do not shape it)."""
         mismatched = [
             f"{key} {state.get(key)!r} (now {getattr(self, key)!r})"
-            for key in ("seed", "batch_size", "drop_last", "rank", "world_size")
+            for key in ("seed", "batch_size", "drop_last")
             if state.get(key) != getattr(self, key)
         ]
         if mismatched:

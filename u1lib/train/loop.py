@@ -174,9 +174,7 @@ class Trainer:
                 self.ema[name].copy_(tensor)
         ckpt.optimizer_from_tensors(self.optimizer, self.trainable_names, state.optimizer, state.optimizer_scalars)
         ckpt.restore_rng(state.rng, self.generator, self.device)
-        sampler_state = dict(state.info["sampler"])
-        sampler_state.update(rank=self.sampler.rank, world_size=self.sampler.world_size)  # global batches: any rank count
-        self.sampler.load_state_dict(sampler_state)
+        self.sampler.load_state_dict(state.info["sampler"])  # global batches: any number of ranks resumes
         self.step = state.step
         self.images_seen, self.dropped_total = state.info["images_seen"], state.info["dropped_total"]
         self.t_hist = THistogram(counts=state.info["t_hist"])
