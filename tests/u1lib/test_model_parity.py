@@ -4,16 +4,30 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tests.conftest import DATA
 from u1lib.parity import TOLERANCE, run_parity
 
+GOLDENS = sorted(DATA.glob("golden_*"))
 
-def test_every_golden_tensor_matches(golden_dir):
-    rows, unknown = run_parity(golden_dir)
+
+def test_the_golden_copies_are_all_here():
+    assert {p.name for p in GOLDENS} >= {
+        "golden_u1_tiny_a",
+        "golden_u15_tiny_a",
+        "golden_u1_think_a",
+        "golden_a3b_tiny_a",
+    }
+
+
+@pytest.mark.parametrize("golden", GOLDENS, ids=lambda p: p.name)
+def test_every_golden_tensor_matches(golden):
+    rows, unknown = run_parity(golden)
     assert unknown == []
-    expected_names = set(load_file(golden_dir / "expected.safetensors"))
+    expected_names = set(load_file(golden / "expected.safetensors"))
     checked = {r.name for r in rows}
     assert expected_names <= checked
     bad = [(r.name, r.rel) for r in rows if not r.ok]

@@ -45,9 +45,12 @@ class U1Config:
     tie_word_embeddings: bool = False
     # sparse MoE MLPs (the A3B variant); 0 experts = the dense 8B-MoT
     num_experts: int = 0
+    num_experts_per_tok: int = 0
     moe_intermediate_size: int = 0
     gen_num_experts: int = 0
+    gen_num_experts_per_tok: int = 0
     gen_moe_intermediate_size: int = 0
+    norm_topk_prob: bool = True  # renormalise the chosen experts' weights to sum 1
     decoder_sparse_step: int = 1
     mlp_only_layers: tuple[int, ...] = ()
     # vision embedding (both towers)
@@ -56,7 +59,9 @@ class U1Config:
     merge_size: int = 2  # int(1 / downsample_ratio)
     rope_theta_vision: float = 1e4
     # flow matching modules
+    use_pixel_head: bool = False  # U1.5: convolutional head instead of the two-linear one
     fm_head_hidden_size: int = 4096  # a literal in upstream, not hidden_size
+    pixel_head_width: int = 1024  # conv1's output channels, a literal in upstream
     frequency_embedding_size: int = 256
     add_noise_scale_embedding: bool = True
     noise_scale: float = 1.0
@@ -78,6 +83,23 @@ class U1Config:
             )
         if self.vision_hidden_size % 4:
             problems.append(f"vision hidden_size {self.vision_hidden_size} must be a multiple of 4 (2D feature RoPE)")
+        if self.use_pixel_head:
+            sizes = (("hidden_size", self.hidden_size), ("pixel_head_width", self.pixel_head_width),
+                     ("token size (patch_size x merge)", self.token_size))  # fmt: skip
+            problems += [
+                f"use_pixel_head: {name} {value} must be a multiple of 4 (the head's PixelShuffle stages)"
+                for name, value in sizes
+                if value % 4
+            ]
+        for tower, experts, top_k, width in (
+            ("understanding", self.num_experts, self.num_experts_per_tok, self.moe_intermediate_size),
+            ("generation", self.gen_num_experts, self.gen_num_experts_per_tok, self.gen_moe_intermediate_size),
+        ):
+            if experts and not (0 < top_k <= experts and width > 0):
+                problems.append(
+                    f"{tower} MoE: {experts} experts need 0 < experts per token ({top_k}) <= {experts} "
+                    f"and a positive expert width ({width})"
+                )
         if self.noise_scale_mode not in ("resolution", "dynamic", "dynamic_sqrt"):
             problems.append(f"noise_scale_mode {self.noise_scale_mode!r} is not one of resolution, dynamic, dynamic_sqrt")
         if problems:
@@ -116,8 +138,16 @@ class U1Config:
             vision = raw["vision_config"]
         except KeyError as missing:
             raise ConfigError(f"{source}: missing section {missing} (is this a SenseNova-U1 config.json?)") from None
-        if raw.get("use_pixel_head") or int(raw.get("fm_head_layers", 2)) > 2:
-            raise ConfigError(f"{source}: only the 2-layer linear fm_head is supported (use_pixel_head/fm_head_layers)")
+        if not raw.get("use_pixel_head") and int(raw.get("fm_head_layers", 2)) > 2:
+            raise ConfigError(
+                f"{source}: fm_head_layers {raw['fm_head_layers']} selects upstream's deep head, which is not "
+                "implemented; the two-linear head (fm_head_layers <= 2) and the pixel head (use_pixel_head) are"
+            )
+        if int(raw.get("extra_num_layers_post") or 0):
+            raise ConfigError(
+                f"{source}: extra_num_layers_post {raw['extra_num_layers_post']} is not supported "
+                "(every released checkpoint has 0)"
+            )
         ratio = float(_scalar(vision.get("downsample_ratio", raw.get("downsample_ratio", 0.5)), "downsample_ratio", source))
         llm_hidden = int(_scalar(vision.get("llm_hidden_size", llm["hidden_size"]), "llm_hidden_size", source))
         if llm_hidden != llm["hidden_size"]:
@@ -142,7 +172,9 @@ class U1Config:
                 patch_size=int(vision["patch_size"]),
                 merge_size=int(round(1 / ratio)),
                 rope_theta_vision=float(vision.get("rope_theta_vision", 1e4)),
+                use_pixel_head=bool(raw.get("use_pixel_head", False)),
                 fm_head_hidden_size=int(raw.get("fm_head_hidden_size", 4096)),
+                pixel_head_width=int(raw.get("pixel_head_width", 1024)),
                 add_noise_scale_embedding=bool(raw.get("add_noise_scale_embedding", True)),
                 noise_scale=float(raw.get("noise_scale", 1.0)),
                 noise_scale_mode=str(raw.get("noise_scale_mode", "resolution")),
@@ -172,12 +204,16 @@ class U1Config:
 def _moe_fields(llm: dict) -> dict:
     """A3B expert counts and widths; the generation branch defaults to the understanding values."""
     experts = int(llm.get("num_experts") or 0)
+    top_k = int(llm.get("num_experts_per_tok") or 0)
     width = int(llm.get("moe_intermediate_size") or 0)
     return {
         "num_experts": experts,
+        "num_experts_per_tok": top_k,
         "moe_intermediate_size": width,
         "gen_num_experts": int(llm.get("gen_num_experts") or experts),
+        "gen_num_experts_per_tok": int(llm.get("gen_num_experts_per_tok") or top_k),
         "gen_moe_intermediate_size": int(llm.get("gen_moe_intermediate_size") or width),
+        "norm_topk_prob": bool(llm.get("norm_topk_prob", True)),
         "decoder_sparse_step": int(llm.get("decoder_sparse_step") or 1),
         "mlp_only_layers": tuple(llm.get("mlp_only_layers") or ()),
     }

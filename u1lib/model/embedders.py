@@ -1,4 +1,4 @@
-"""Image-side modules: vision patch embedding, timestep/noise-scale embedders, fm_head, patch layouts."""
+"""Image-side modules: vision patch embedding, timestep/noise-scale embedders, patch layouts."""
 
 from __future__ import annotations
 
@@ -64,15 +64,6 @@ class TimestepEmbedder(nn.Module):
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         """values: [B] float32 -> [B, hidden]."""
         return self.mlp(sinusoid(values, self.frequency_dim).to(self.mlp[0].weight.dtype))
-
-
-def fm_head(cfg: U1Config) -> nn.Sequential:
-    """x-prediction head: hidden -> (literal) 4096 -> exact GELU -> 3 * P * P."""
-    return nn.Sequential(
-        nn.Linear(cfg.hidden_size, cfg.fm_head_hidden_size),
-        nn.GELU(),
-        nn.Linear(cfg.fm_head_hidden_size, cfg.fm_out_dim),
-    )
 
 
 def patchify(images: torch.Tensor, size: int) -> torch.Tensor:

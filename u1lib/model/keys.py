@@ -93,15 +93,26 @@ def parameter_shapes(cfg: U1Config) -> dict[str, tuple[int, ...]]:
     shapes.update(_embedder_shapes(cfg, "fm_modules.timestep_embedder"))
     if cfg.add_noise_scale_embedding:
         shapes.update(_embedder_shapes(cfg, "fm_modules.noise_scale_embedder"))
-    shapes.update(
-        {
-            "fm_modules.fm_head.0.weight": (cfg.fm_head_hidden_size, h),
-            "fm_modules.fm_head.0.bias": (cfg.fm_head_hidden_size,),
-            "fm_modules.fm_head.2.weight": (cfg.fm_out_dim, cfg.fm_head_hidden_size),
-            "fm_modules.fm_head.2.bias": (cfg.fm_out_dim,),
-        }
-    )
+    shapes.update(_head_shapes(cfg))
     return dict(sorted(shapes.items()))
+
+
+def _head_shapes(cfg: U1Config) -> dict[str, tuple[int, ...]]:
+    """fm_head: U1's two linears, or U1.5's two 3x3 convolutions (see heads.PixelHead)."""
+    if cfg.use_pixel_head:
+        width, out = cfg.pixel_head_width, 3 * (cfg.token_size // 4) ** 2
+        return {
+            "fm_modules.fm_head.conv1.weight": (width, cfg.hidden_size // 4, 3, 3),
+            "fm_modules.fm_head.conv1.bias": (width,),
+            "fm_modules.fm_head.conv2.weight": (out, width // 4, 3, 3),
+            "fm_modules.fm_head.conv2.bias": (out,),
+        }
+    return {
+        "fm_modules.fm_head.0.weight": (cfg.fm_head_hidden_size, cfg.hidden_size),
+        "fm_modules.fm_head.0.bias": (cfg.fm_head_hidden_size,),
+        "fm_modules.fm_head.2.weight": (cfg.fm_out_dim, cfg.fm_head_hidden_size),
+        "fm_modules.fm_head.2.bias": (cfg.fm_out_dim,),
+    }
 
 
 _LAYER_KEY = re.compile(r"^language_model\.model\.layers\.\d+\.(.+)$")

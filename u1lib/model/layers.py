@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import U1Config
+from .mlp import mlp_block
 from .rope import AxisAngles
 
 SUFFIX = {"und": "", "gen": "_mot_gen"}
@@ -38,20 +39,21 @@ def normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
     return F.rms_norm(x, (x.shape[-1],), eps=eps).to(x.dtype)
 
 
-class MLP(nn.Module):
-    def __init__(self, hidden: int, intermediate: int):
-        super().__init__()
-        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
 def attend(q, k, v, *, causal: bool = False) -> torch.Tensor:
     """SDPA with grouped KV heads (query head h reads KV head h // groups), no mask: the flash path."""
     return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def attend_after(q, k, v, past_k, past_v):
+    """New text tokens over [cached K/V ; their own K/V]: causal among themselves, all of the cache visible.
+
+    Returns (attention output, the extended K, the extended V). One token needs no mask.
+    """
+    keys, values = torch.cat((past_k.to(k.dtype), k), dim=2), torch.cat((past_v.to(v.dtype), v), dim=2)
+    n, total = q.shape[2], keys.shape[2]
+    mask = None if n == 1 else torch.ones(n, total, dtype=torch.bool, device=q.device).tril(total - n)
+    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+    return out, keys, values
 
 
 Runs = list[tuple[int, int, int]]  # (first row, end row, prefix length) of rows sharing one prefix length
@@ -116,12 +118,12 @@ class TwinAttention(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: U1Config):
+    def __init__(self, cfg: U1Config, index: int):
         super().__init__()
-        for sfx in SUFFIX.values():
+        for tower, sfx in SUFFIX.items():
             setattr(self, f"input_layernorm{sfx}", RMSNorm(cfg.hidden_size, cfg.rms_norm_eps))
             setattr(self, f"post_attention_layernorm{sfx}", RMSNorm(cfg.hidden_size, cfg.rms_norm_eps))
-            setattr(self, f"mlp{sfx}", MLP(cfg.hidden_size, cfg.intermediate_size))
+            setattr(self, f"mlp{sfx}", mlp_block(cfg, index, tower))
         self.self_attn = TwinAttention(cfg)
 
     def _tower(self, name: str, tower: str) -> nn.Module:
@@ -135,6 +137,14 @@ class DecoderLayer(nn.Module):
         q, k, v = self.self_attn.qkv(self.input_layernorm(h), "und", angles)
         h = h + self.self_attn.output(attend(q, k, v, causal=True), "und")
         return self._mlp_block(h, "und"), k, v
+
+    def forward_und_after(self, h: torch.Tensor, angles: AxisAngles, past_k, past_v):
+        """Understanding step for tokens that follow a cached prefix (think decoding): returns the new
+        hidden state and the layer's extended (K, V)."""
+        q, k, v = self.self_attn.qkv(self.input_layernorm(h), "und", angles)
+        attn, keys, values = attend_after(q, k, v, past_k, past_v)
+        h = h + self.self_attn.output(attn, "und")
+        return self._mlp_block(h, "und"), keys, values
 
     def gen_qkv(self, h: torch.Tensor, angles: AxisAngles):
         """Generation tower up to attention: normed, projected, q/k-normed and rotated heads."""

@@ -32,24 +32,34 @@ def time_grid(steps: int, shift: float) -> torch.Tensor:
     return shift_t(torch.linspace(0, 1, steps + 1, dtype=torch.float32), shift)
 
 
-def combine_cfg(v_cond, v_uncond, scale: float, norm: str, step: int) -> torch.Tensor:
-    """Classifier-free guidance on velocities [B, N, D]; norms are per sample (global) or per token (channel)."""
+def combine_cfg(v_cond, v_uncond, scale: float, norm: str, step: int, taps: dict | None = None) -> torch.Tensor:
+    """Classifier-free guidance on velocities [B, N, D]; norms are per sample (global) or per token (channel).
+
+    ``taps``, when given, receives the normalisation factor (``scale``) or CFG-Zero*'s ``alpha``,
+    which upstream computes at step 0 too, where the velocity is zeroed.
+    """
     if norm == "cfg_zero_star":
-        if step == 0:
-            return torch.zeros_like(v_cond)
         c, u = v_cond.float(), v_uncond.float()
         alpha = (c * u).sum(dim=(1, 2), keepdim=True) / (u.pow(2).sum(dim=(1, 2), keepdim=True) + 1e-8)
+        if taps is not None:
+            taps["alpha"] = alpha
+        if step == 0:
+            return torch.zeros_like(v_cond)
         alpha = alpha.to(v_cond.dtype)
-        return alpha * v_uncond + scale * (v_cond - alpha * v_uncond)
+        return v_uncond * alpha + scale * (v_cond - v_uncond * alpha)
     v = v_uncond + scale * (v_cond - v_uncond)
     if norm == "none":
         return v
     dims = (1, 2) if norm == "global" else (2,)
-    ratio = v_cond.norm(dim=dims, keepdim=True) / (v.norm(dim=dims, keepdim=True) + 1e-8)
-    return v * ratio.clamp(0, 1)
+    ratio = (v_cond.norm(dim=dims, keepdim=True) / (v.norm(dim=dims, keepdim=True) + 1e-8)).clamp(0, 1)
+    if taps is not None:
+        taps["scale"] = ratio
+    return v * ratio
 
 
-StepObserver = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor | None], None]
+# called once per step with the step index and a record: ``z`` (state before the step), ``v_cond``,
+# ``v_pred`` (the velocity used), and where CFG ran ``v_uncond`` plus ``scale`` / ``alpha`` per cfg_norm
+StepObserver = Callable[[int, dict[str, torch.Tensor]], None]
 
 
 @torch.no_grad()
@@ -83,22 +93,22 @@ def euler_sample(
     both = PrefixKV.stack([cond, uncond]) if guided else cond
     x = noise
     grid = time_grid(steps, shift)
+    low, high = torch.tensor(cfg_interval, dtype=torch.float32)  # inclusive, compared in float32 as upstream
     for i in range(steps):
         t_now = float(grid[i])
-        use_cfg = guided and cfg_interval[0] <= t_now <= cfg_interval[1]
+        use_cfg = guided and bool(low <= grid[i]) and bool(grid[i] <= high)
         rows = 2 * b if use_cfg else b
         prefix = both if use_cfg else cond
         t = torch.full((rows,), t_now, dtype=torch.float32, device=x.device)
         images = torch.cat((x, x)) if use_cfg else x
         x_pred, z = model.denoise(images, t, prefix, noise_scale)
         v = velocity(x_pred, z, t, t_eps)
+        record: dict[str, torch.Tensor] = {"z": z[:b], "v_cond": v[:b]}
         if use_cfg:
-            v_cond, v_uncond = v[:b], v[b:]
-            v = combine_cfg(v_cond, v_uncond, cfg_scale, cfg_norm, i)
-        else:
-            v_cond, v_uncond = v, None
+            record["v_uncond"] = v[b:]
+            v = combine_cfg(v[:b], v[b:], cfg_scale, cfg_norm, i, record if observer else None)
         if observer is not None:
-            observer(i, z[:b], v_cond, v_uncond)
+            observer(i, record | {"v_pred": v})
         z = z[:b] + (grid[i + 1] - grid[i]) * v  # float32 step, as upstream; a 0-dim CPU scalar needs no sync
         x = unpatchify(z, p, height, width)
     return x

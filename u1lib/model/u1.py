@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from .config import ConfigError, U1Config
-from .embedders import TimestepEmbedder, VisionModel, fm_head, patchify
+from .config import U1Config
+from .embedders import TimestepEmbedder, VisionModel, patchify
+from .heads import make_head
 from .layers import DecoderLayer, RMSNorm, Runs
 from .rope import AxisAngles
 
@@ -101,9 +102,9 @@ def recomputed_layers(policy: str | int, num_layers: int) -> frozenset[int]:
     return frozenset(range(max(0, num_layers - int(policy))))
 
 
-def text_indexes(batch: int, length: int, device) -> torch.Tensor:
-    """Text positions [B, 3, L]: t = 0..L-1, h = w = 0."""
-    t = torch.arange(length, device=device)
+def text_indexes(batch: int, length: int, device, start: int = 0) -> torch.Tensor:
+    """Text positions [B, 3, L]: t = start..start+L-1, h = w = 0."""
+    t = torch.arange(start, start + length, device=device)
     zeros = torch.zeros_like(t)
     return torch.stack((t, zeros, zeros))[None].expand(batch, -1, -1)
 
@@ -122,7 +123,7 @@ class Backbone(nn.Module):
     def __init__(self, cfg: U1Config):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.norm_mot_gen = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -146,18 +147,13 @@ class U1Model(nn.Module):
 
     def __init__(self, cfg: U1Config):
         super().__init__()
-        if cfg.num_experts or cfg.gen_num_experts:
-            raise ConfigError(
-                "this config has MoE experts (the A3B variant): parameter accounting and LoRA targets work "
-                "from config.json, but the native engine implements only the dense 8B-MoT forward"
-            )
         self.config = cfg
         self.language_model = LanguageModel(cfg)
         self.vision_model = VisionModel(cfg)
         fm = {
             "vision_model_mot_gen": VisionModel(cfg),
             "timestep_embedder": TimestepEmbedder(cfg),
-            "fm_head": fm_head(cfg),
+            "fm_head": make_head(cfg),
         }
         if cfg.add_noise_scale_embedding:
             fm["noise_scale_embedder"] = TimestepEmbedder(cfg)
@@ -216,6 +212,31 @@ class U1Model(nn.Module):
             return cache, self.language_model.model.norm(h)
         return cache
 
+    def extend_prefix(self, cache: PrefixKV, input_ids: torch.Tensor) -> tuple[PrefixKV, torch.Tensor]:
+        """Feed tokens [1, n] after a one-row unpadded prefix: the longer PrefixKV and the new tokens' normed hidden.
+
+        The new tokens take the next text positions and attend causally over the whole cache, so the
+        result equals the prefix of the concatenated ids (think decoding).
+        """
+        if input_ids.shape[0] != 1 or cache.keys[0].shape[0] != 1:
+            raise ValueError(f"extend_prefix takes one row, got ids {tuple(input_ids.shape)} and a cache of "
+                             f"{cache.keys[0].shape[0]} rows")  # fmt: skip
+        start = cache.keys[0].shape[2]
+        h = self.language_model.model.embed_tokens(input_ids)
+        angles = self._angles(text_indexes(1, input_ids.shape[1], input_ids.device, start), h)
+        keys, values = [], []
+        for layer, past_k, past_v in zip(self.layers, cache.keys, cache.values):
+            h, k, v = layer.forward_und_after(h, angles, past_k, past_v)
+            keys.append(k)
+            values.append(v)
+        return PrefixKV(keys, values, cache.lengths + input_ids.shape[1]), self.language_model.model.norm(h)
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Understanding-tower logits of normed hidden states (``lm_head``, or the tied embeddings)."""
+        lm = self.language_model
+        weight = lm.model.embed_tokens.weight if self.config.tie_word_embeddings else lm.lm_head.weight
+        return F.linear(hidden, weight)
+
     # generation path ----------------------------------------------------------------------
     def gen_embed(self, images: torch.Tensor, t: torch.Tensor, noise_scale: float) -> torch.Tensor:
         """Noisy images [B, 3, H, W], t [B] float32 -> generation input embeddings [B, N, hidden]."""
@@ -229,7 +250,8 @@ class U1Model(nn.Module):
     def predict_x0(self, embeds, prefix: PrefixKV, token_h: int, token_w: int, taps: dict | None = None):
         """Generation tower + norm_mot_gen + fm_head: [B, N, hidden] -> x-prediction [B, N, 3*P*P].
 
-        ``taps``, when given, receives each layer's output and the final normed hidden (parity checks).
+        ``taps``, when given, receives each layer's output, the final normed hidden and the pixel
+        head's inner maps (parity checks).
         """
         angles = self._angles(image_indexes(prefix.lengths, token_h, token_w), embeds)
         runs = prefix.runs()
@@ -246,7 +268,7 @@ class U1Model(nn.Module):
         h = self.language_model.model.norm_mot_gen(h)
         if taps is not None:
             taps["final_hidden"] = h
-        return self.fm_modules["fm_head"](h)
+        return self.fm_modules["fm_head"](h, token_h, token_w, taps)
 
     def denoise(self, images, t, prefix: PrefixKV, noise_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         """One generation pass on images [B, 3, H, W] at times t [B]: returns (x_pred, z) in token layout."""
