@@ -1,4 +1,4 @@
-"""The A3B (MoE) layout from config.json alone: keys, counts and LoRA targets; the engine refuses to build it."""
+"""The A3B (MoE) layout from config.json alone: keys, parameter counts, LoRA targets, presets."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from u1lib.lora.spec import SpecError, TrainableSurface, resolve_spec
 from u1lib.model.config import ConfigError, U1Config
-from u1lib.model.keys import parameter_shapes
+from u1lib.model.keys import group_counts, parameter_shapes
 from u1lib.model.loading import meta_model
 from tests.conftest import CONFIG_8B
 
@@ -51,6 +51,34 @@ def test_moe_lora_targets_and_counts(a3b_config):
         resolve_spec("mlp=r8", a3b_config)  # the dense alias has nothing to adapt on MoE layers
 
 
-def test_the_engine_refuses_to_build_an_moe_model(a3b_config):
-    with pytest.raises(ConfigError, match="dense 8B-MoT forward"):
-        meta_model(a3b_config)
+def test_parameter_counts_match_the_published_sizes(a3b_config):
+    """docs/UPSTREAM_NOW.md section 4, bf16: understanding tower 59.8 GB, generation tower 16.3 GB,
+    embeddings + lm_head 1.25 GB, about 38.7 B parameters in all."""
+    counts = group_counts(a3b_config)
+    gb = {group: 2 * n / 1e9 for group, n in counts.items()}
+    assert (round(gb["und"], 1), round(gb["gen"], 1)) == (59.8, 16.3)
+    assert abs(gb["embed"] + gb["lm_head"] - 1.25) < 0.01
+    assert round(sum(counts.values()) / 1e9, 1) == 38.7
+
+
+def test_router_stays_frozen_unless_named(a3b_config):
+    everything = resolve_spec("all=r16", a3b_config)
+    assert not any(m.endswith("mlp_mot_gen.gate") for m in everything)
+    assert len(everything) == 48 * (4 + 32 * 3) + 2  # attention, every expert, the linear head
+    attn_only = TrainableSurface.resolve("moe_attn", [], a3b_config).counts()
+    assert round(attn_only["lora_params"] / 1e6, 1) == 13.4  # section 4: attention-only at r16
+    experts = TrainableSurface.resolve("moe_attn_experts", [], a3b_config).counts()
+    assert round((experts["lora_params"] - attn_only["lora_params"]) / 1e6) == 208  # every expert at r16
+
+
+def test_config_refuses_impossible_routing():
+    raw = json.loads(CONFIG_8B.read_text())
+    raw["llm_config"].update(num_experts=4, num_experts_per_tok=6, moe_intermediate_size=8)
+    with pytest.raises(ConfigError, match=r"understanding MoE: 4 experts need 0 < experts per token \(6\) <= 4"):
+        U1Config.from_upstream_dict(raw)
+
+
+def test_the_engine_builds_the_moe_layout(a3b_config):
+    model = meta_model(a3b_config)
+    names = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    assert names == parameter_shapes(a3b_config)

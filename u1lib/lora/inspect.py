@@ -15,7 +15,16 @@ from pathlib import Path
 
 from ..model.config import U1Config
 from .io import read_lora_file
-from .spec import ALIASES, PRESETS, LoraTarget, TrainableSurface, expand_preset, resolve_full_ft, resolve_spec
+from .spec import (
+    ALIASES,
+    PRESETS,
+    LoraTarget,
+    SpecError,
+    TrainableSurface,
+    expand_preset,
+    resolve_full_ft,
+    resolve_spec,
+)
 
 ALL_PRESETS = "all-presets"
 _INDEX = re.compile(r"\.\d+(?=\.|$)")
@@ -64,11 +73,17 @@ def module_rows(targets: dict[str, LoraTarget]) -> list[dict]:
 
 
 def preset_rows(cfg: U1Config) -> list[dict]:
-    """Every preset with its exact trainable counts on this model."""
+    """Every preset with its exact trainable counts on this model; one that does not fit it says why.
+
+    (U1.5 has no linear head for ``fm_head=...``; A3B has no dense MLP for ``mlp=...``.)
+    """
     rows = []
     for name, (spec, full_ft) in PRESETS.items():
-        counts = TrainableSurface.resolve(name, (), cfg).counts()
-        rows.append({"preset": name, "lora spec": spec, "full-FT regexes": len(full_ft), **counts})
+        try:
+            counts, note = TrainableSurface.resolve(name, (), cfg).counts(), ""
+        except SpecError as err:
+            counts, note = dict.fromkeys(("lora_modules", "lora_params", "full_ft_params", "total"), "-"), f"n/a: {err}"
+        rows.append({"preset": name, "lora spec": spec, "full-FT regexes": len(full_ft), **counts, "note": note})
     return rows
 
 
@@ -83,7 +98,7 @@ def _table(rows: list[dict]) -> str:
     cells = [[f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()] for row in rows]
     header = list(rows[0])
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
-    numeric = [isinstance(v, int) for v in rows[0].values()]
+    numeric = [any(isinstance(row[h], int) for row in rows) for h in header]
 
     def line(values: list[str]) -> str:
         return "  " + "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric)).rstrip()

@@ -1,7 +1,10 @@
 """Adapter files in upstream's LoRA format, and bake-in of upstream LoRAs with a skip list.
 
-Layout: ``<module>.lora_down.weight`` [r, in] and ``<module>.lora_up.weight`` [out, r] in float32,
-``<module>.alpha`` a float32 scalar. Fully fine-tuned weights are stored under their own names.
+Layout: ``<module>.lora_down.weight`` [r, in] and ``<module>.lora_up.weight`` [out, r],
+``<module>.alpha`` a float32 scalar. Factors are written in float32 by default (older upstream merges
+assert it) or in bfloat16 on request (the official U1.5 LoRA's format, half the size); any float
+dtype is read, with or without a ``diffusion_model.`` prefix, and scale = alpha / rank either way.
+Fully fine-tuned weights are stored under their own names.
 Fully fine-tuned *biases* are stored as ``<module>.full_ft_bias``: upstream's merge treats any key
 equal to a model parameter's name without ``.weight`` as a LoRA triple and fails on a plain bias
 (docs/MODEL.md section 10, item 13), so a plain ``.bias`` key would make the file unloadable there.
@@ -79,16 +82,27 @@ def read_lora_file(path: str | Path) -> LoraFile:
     return result
 
 
-def save_adapter(model: nn.Module, path: str | Path, full_ft: list[str], metadata: dict[str, str]) -> int:
-    """Write every adapter of ``model`` and the named fully fine-tuned tensors; returns bytes written."""
+FACTOR_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def save_adapter(
+    model: nn.Module, path: str | Path, full_ft: list[str], metadata: dict[str, str], *, factor_dtype: str = "float32"
+) -> int:
+    """Write every adapter of ``model`` and the named fully fine-tuned tensors; returns bytes written.
+
+    ``factor_dtype`` is the dtype of the lora_down/lora_up matrices (float32 or bfloat16).
+    """
+    if factor_dtype not in FACTOR_DTYPES:
+        raise ValueError(f"LoRA factor dtype {factor_dtype!r} is not one of {', '.join(FACTOR_DTYPES)}")
+    dtype = FACTOR_DTYPES[factor_dtype]
     params = dict(model.named_parameters())
     unknown = [name for name in full_ft if name not in params]
     if unknown:
         raise ValueError(f"cannot save fully fine-tuned tensors the model does not have: {', '.join(unknown)}")
     tensors: dict[str, torch.Tensor] = {}
     for module, adapter in adapters_of(model).items():
-        tensors[f"{module}.lora_down.weight"] = adapter.lora_down.weight.detach().float().contiguous().cpu()
-        tensors[f"{module}.lora_up.weight"] = adapter.lora_up.weight.detach().float().contiguous().cpu()
+        tensors[f"{module}.lora_down.weight"] = adapter.lora_down.weight.detach().to(dtype).contiguous().cpu()
+        tensors[f"{module}.lora_up.weight"] = adapter.lora_up.weight.detach().to(dtype).contiguous().cpu()
         tensors[f"{module}.alpha"] = adapter.alpha.detach().float().cpu()
     for name in full_ft:
         key = name[: -len(".bias")] + FT_BIAS_SUFFIX if name.endswith(".bias") else name

@@ -35,20 +35,31 @@ ALIASES: dict[str, str] = {
     "gen_moe_mlp": _GEN_LINEAR + r"mlp_mot_gen\.experts\.\d+\.(gate|up|down)_proj",
     "gen_moe_router": _GEN_LINEAR + r"mlp_mot_gen\.gate",
 }
-ALIASES["all"] = "|".join(f"(?:{ALIASES[k]})" for k in ("attn", "mlp", "fm_head"))
+# every generation linear but the MoE router, which stays frozen unless named (routing then drifts)
+ALIASES["all"] = "|".join(f"(?:{ALIASES[k]})" for k in ("attn", "mlp", "gen_moe_mlp", "fm_head"))
 
 _FT_WITH_HEAD = (r"fm_modules\.(timestep_embedder|noise_scale_embedder|vision_model_mot_gen|fm_head)\..*",)
 _FT_NO_HEAD = (r"fm_modules\.(timestep_embedder|noise_scale_embedder|vision_model_mot_gen)\..*",)
 
 # preset -> (lora spec, full fine-tune regexes). "default" is the peer trainer's default surface
-# (286,289,920 trainable on the 8B model); "official_r128" covers the official 8-step LoRA's modules.
+# (286,289,920 trainable on the 8B model); "attn_mlp_head" adapts the 294 generation linears and
+# trains the head in full (either head: U1's linears or U1.5's convolutions, which LoRA cannot
+# reach); "official_r128" / "official_u15_r128" cover the official 8-step LoRAs' modules (U1: 296 with
+# the linear head, alpha 128; U1.5: the 294 linears, alpha 8). A preset whose clause names a module
+# family a model lacks (a dense MLP on A3B, a linear head on U1.5) is refused there by name.
 PRESETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "default": ("attn=r64a64;mlp=r64a64", _FT_WITH_HEAD),
     "default_no_head": ("attn=r64a64;mlp=r64a64", _FT_NO_HEAD),
     "attn_only": ("attn=r64a64", _FT_WITH_HEAD),
     "attn_only_no_head": ("attn=r64a64", _FT_NO_HEAD),
     "attn_mlp": ("attn=r64a64;mlp=r64a64", ()),
+    "attn_mlp_head": ("attn=r64a64;mlp=r64a64", (r"fm_modules\.fm_head\..*",)),
     "official_r128": ("attn=r128a128;mlp=r128a128;fm_head=r128a128", ()),
+    "official_u15_r128": ("attn=r128a8;mlp=r128a8", ()),
+    # A3B (MoE): attention only, as upstream's LoRA branch; or attention and every generation expert.
+    # The router stays frozen (no balancing loss needed).
+    "moe_attn": ("attn=r16a16", _FT_WITH_HEAD),
+    "moe_attn_experts": ("attn=r16a16;gen_moe_mlp=r16a16", _FT_WITH_HEAD),
 }
 
 _SETTING = re.compile(r"^r(\d+)(?:a(\d+(?:\.\d+)?))?$")
