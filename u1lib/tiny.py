@@ -88,8 +88,49 @@ Happy, sad, calm, quiet, busy, empty, full, old, new, young, beautiful, sharp, d
 """
 
 
-def tiny_config_dict(vocab_size: int) -> dict:
-    """The tiny model's config.json in upstream NEOChatConfig layout (field set as upstream writes it)."""
+VARIANTS = ("u1", "u15", "a3b")
+
+
+def tiny_config_dict(vocab_size: int, variant: str = "u1") -> dict:
+    """The tiny model's config.json in upstream NEOChatConfig layout (field set as upstream writes it).
+
+    ``variant``: ``u1`` (SenseNova-U1 8B-MoT layout), ``u15`` (U1.5: the convolutional pixel head,
+    noise_scale_max_value 16, 32-px tokens as upstream's head requires, U1.5's extra config keys) or
+    ``a3b`` (U1-A3B: Qwen3-MoE backbone, sparse MLPs in both towers, attention width != hidden).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"tiny model variant {variant!r} is not one of {', '.join(VARIANTS)}")
+    config = _u1_config_dict(vocab_size)
+    if variant == "u15":
+        _make_u15(config)
+    elif variant == "a3b":
+        _make_a3b(config)
+    return config
+
+
+def _make_a3b(config: dict) -> None:
+    """A3B's llm_config (docs/UPSTREAM_NOW.md section 4) at tiny sizes: hidden 32 under a 4 x 16 attention
+    width, 8 understanding / 6 generation experts, top-2, expert width 16, every layer sparse."""
+    llm = config["llm_config"]
+    hidden = 32
+    llm.pop("max_window_layers")
+    llm.update(architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe", hidden_size=hidden, intermediate_size=96,
+               rope_theta=1e7, num_experts=8, gen_num_experts=6, num_experts_per_tok=2, gen_num_experts_per_tok=2,
+               moe_intermediate_size=16, gen_moe_intermediate_size=16, norm_topk_prob=True, decoder_sparse_step=1,
+               mlp_only_layers=[], output_router_logits=False, router_aux_loss_coef=0.001)  # fmt: skip
+    config["vision_config"]["llm_hidden_size"] = hidden
+
+
+def _make_u15(config: dict) -> None:
+    """U1.5 differs from U1 in two forward-relevant keys, plus keys its modeling code never reads."""
+    llm, vision = config["llm_config"], config["vision_config"]
+    config.update(use_pixel_head=True, noise_scale_max_value=16.0, extra_num_layers_post=0, patch_size=16,
+                  min_pixels=65536, max_pixels=16777216)  # fmt: skip
+    llm.update(pure_llm=False, use_deepep=False, max_window_layers=llm["num_hidden_layers"])
+    vision["patch_size"] = 16  # x merge 2 = the 32-px token the pixel head's shuffles produce
+
+
+def _u1_config_dict(vocab_size: int) -> dict:
     num_layers = 2
     hidden = 64
     return {
@@ -240,13 +281,16 @@ def random_weights(cfg: U1Config, seed: int) -> dict[str, torch.Tensor]:
     }
 
 
-def build_tiny_snapshot(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write config.json, model.safetensors and the tokenizer files of the tiny model into ``out_dir``."""
+def build_tiny_snapshot(out_dir: str | Path, seed: int = 0, variant: str = "u1") -> Path:
+    """Write config.json, model.safetensors and the tokenizer files of the tiny model into ``out_dir``.
+
+    ``variant`` picks the architecture (:data:`VARIANTS`); the tokenizer is the same for all.
+    """
     out_dir = Path(out_dir)
     tokenizer = train_tokenizer()
     vocab_size = -(-tokenizer.get_vocab_size() // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-    config = tiny_config_dict(vocab_size)
-    cfg = U1Config.from_upstream_dict(config, source="tiny_config_dict")
+    config = tiny_config_dict(vocab_size, variant)
+    cfg = U1Config.from_upstream_dict(config, source=f"tiny_config_dict(variant={variant!r})")
     weights = random_weights(cfg, seed)
     metadata = {"format": "pt", "u1lib.tiny_seed": str(seed)}
     write_json(out_dir / "config.json", config)
@@ -262,7 +306,8 @@ def cli(verb: str, argv: list[str]) -> int:
     )
     parser.add_argument("--out", required=True, type=Path, help="snapshot folder to write")
     parser.add_argument("--seed", type=int, default=0, help="weight seed (same seed, byte-identical files)")
+    parser.add_argument("--variant", choices=VARIANTS, default="u1", help="architecture (default: u1)")
     args = parser.parse_args(argv)
-    out = build_tiny_snapshot(args.out, seed=args.seed)
-    print(f"tiny snapshot (seed {args.seed}) written to {out}")
+    out = build_tiny_snapshot(args.out, seed=args.seed, variant=args.variant)
+    print(f"tiny snapshot ({args.variant}, seed {args.seed}) written to {out}")
     return 0

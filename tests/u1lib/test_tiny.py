@@ -128,3 +128,27 @@ def test_cli_writes_the_seed(tmp_path):
     assert cli("tiny", ["--out", str(tmp_path / "snap"), "--seed", "7"]) == 0
     with safe_open(tmp_path / "snap" / "model.safetensors", "pt") as handle:
         assert handle.metadata()["u1lib.tiny_seed"] == "7"
+
+
+GOLDEN_U15 = GOLDEN.parent / "golden_u15_tiny_a"
+
+
+def test_u15_variant_has_the_pixel_head_and_u15s_field_set(snapshot, tmp_path):
+    u15 = build_tiny_snapshot(tmp_path / "u15", seed=0, variant="u15")
+    cfg = U1Config.from_file(u15)
+    assert cfg.use_pixel_head and cfg.noise_scale_max_value == 16.0 and cfg.token_size == 32
+    with safe_open(u15 / "model.safetensors", "pt") as handle:
+        stored = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+    assert stored == parameter_shapes(cfg) and "fm_modules.fm_head.conv2.weight" in stored
+    golden = json.loads((GOLDEN_U15 / "config.json").read_text())
+    ours = tiny_config_dict(vocab_size=1024, variant="u15")
+    assert set(ours) == set(golden) and set(ours["llm_config"]) == set(golden["llm_config"])
+    assert set(ours["vision_config"]) == set(golden["vision_config"])
+    same = {k: v for k, v in file_hashes(u15).items() if k != "config.json" and k != "model.safetensors"}
+    assert same == {k: v for k, v in file_hashes(snapshot).items() if k in same}  # one tokenizer for all variants
+
+
+def test_unknown_variant_is_named(tmp_path):
+    with pytest.raises(ValueError, match="variant 'u2' is not one of u1, u15"):
+        build_tiny_snapshot(tmp_path / "x", variant="u2")
+    assert not (tmp_path / "x").exists()
