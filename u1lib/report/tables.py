@@ -1,4 +1,4 @@
-"""What goes in each table of the report, as plain text cells; the HTML layer escapes and lays out.
+"""What goes in each table of the report, as plain text cells and links; the HTML layer escapes and lays out.
 
 Numbers are formatted here once so the page and the tests agree on how a value reads.
 """
@@ -8,19 +8,33 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from u1lib.report.collect import Run, SampleRow, is_number, series
+from u1lib.report.collect import Run, flatten, is_number, relative_href, series
+from u1lib.report.colors import BASE_COLOR, Style
+from u1lib.report.ranking import BASE_ROW, AxisValue, Standing, steady_median
 
 MISSING = "—"
 _ABSENT = object()
 
 
+@dataclass(frozen=True)
+class Link:
+    text: str
+    href: str  # relative to the page
+
+
+Cell = str | Link | tuple[Link, ...]
+
+
 @dataclass
 class Table:
     headers: list[str]
-    rows: list[list[str]]
+    rows: list[list[Cell]]
     numeric_columns: set[int] = field(default_factory=set)  # right-aligned
     highlight: set[tuple[int, int]] = field(default_factory=set)  # (row, column) cells to emphasise
+    swatches: list[str | None] = field(default_factory=list)  # per row: a colour shown before the first cell
+    row_classes: list[str] = field(default_factory=list)  # per row: a CSS class ("" for none)
 
 
 def fmt_number(value, digits: int = 4) -> str:
@@ -35,6 +49,39 @@ def fmt_number(value, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
+def loss_decimals(values: list[float | None], least: int = 3, most: int = 8) -> int:
+    """Decimal places that tell the given losses apart, plus one so their gaps read to two digits
+    (an 8B run's variants differ in the 5th); one count per column so the digits line up."""
+    distinct = {v for v in values if is_number(v) and math.isfinite(v)}
+    for decimals in range(least - 1, most):
+        if len({f"{v:.{decimals}f}" for v in distinct}) == len(distinct):
+            return decimals + 1
+    return most
+
+
+def fmt_loss(value, decimals: int) -> str:
+    return MISSING if value is None else f"{value:.{decimals}f}"
+
+
+def fmt_delta(value, decimals: int) -> str:
+    """A signed difference with at least two significant digits, never in e-notation."""
+    if value is None:
+        return MISSING
+    if value == 0:
+        return "0"
+    exponent = math.floor(math.log10(abs(value)) + 1e-9)  # 1e-4 computed as 9.9999e-05 is still 1e-4
+    return f"{value:+.{min(10, max(decimals, 1 - exponent))}f}"
+
+
+def fmt_percent(value) -> str:
+    if value is None:
+        return MISSING
+    if value == 0:
+        return "0%"
+    exponent = math.floor(math.log10(abs(value)) + 1e-9)
+    return f"{value:+.{min(8, max(1, 2 - exponent))}f}%"
+
+
 def fmt_bytes(value) -> str:
     if not is_number(value):
         return fmt_number(value)
@@ -46,115 +93,178 @@ def fmt_bytes(value) -> str:
     return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
 
 
+def fmt_duration(seconds) -> str:
+    if not is_number(seconds):
+        return MISSING
+    if seconds < 120:
+        return f"{seconds:.3g} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
 def fmt_value(value) -> str:
     """A config or knob value as a short literal: strings bare, everything else as JSON."""
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
-def run_summary(run: Run) -> dict:
-    """metrics.json, with gaps filled from the logs so a run still in progress shows what it has."""
-    summary = dict(run.metrics)
-    train_steps, train_losses = series(run.train_log, "loss")
-    if train_steps:
-        summary.setdefault("steps", int(train_steps[-1]))
-        summary.setdefault("final_train_loss", train_losses[-1])
-    val_steps, val_losses = series(run.val_log, "val_loss")
-    if val_losses and "best_val_loss" not in summary:
-        best = min(range(len(val_losses)), key=val_losses.__getitem__)
-        summary["best_val_loss"] = val_losses[best]
-        summary["best_val_step"] = int(val_steps[best])
-    return summary
+def _status(s: Standing) -> str:
+    if s.finished:
+        return f"finished, {fmt_number(s.steps)} steps"
+    return f"training: step {fmt_number(s.steps)}" if s.steps else "not started"
 
 
-def data_text(dataset: dict | None) -> str:
-    """The training data's fingerprint and row count, and where the validation loss comes from."""
-    if not isinstance(dataset, dict) or not isinstance(dataset.get("train"), dict):
-        return "-"
-    train, val = dataset["train"], dataset.get("validation") or {}
-    text = f"{train.get('file')} {train.get('fingerprint')} ({train.get('rows')} rows)"
-    if val.get("source") == "train":
-        return text + "\nvalidated on training images"
-    return text + f"\nval {val.get('file')} {val.get('fingerprint')} ({val.get('rows')} rows)"
+def leaderboard_table(
+    standings: list[Standing], base: float | None, knobs: dict[str, dict], labels: dict[str, str],
+    styles: dict[str, Style],
+) -> Table:  # fmt: skip
+    """Ranked runs, a column per grid knob, the base model's row in its place; differences are the
+    run's best loss minus the reference (its own step-0 loss, or the leader's)."""
+    best = next((s.best for s in standings if s.best is not None), None)
+    decimals = loss_decimals([s.best for s in standings] + [s.final for s in standings] + [base])
+    axes = list(dict.fromkeys(key for s in standings for key in knobs.get(s.name, {})))
+    headers = ["#", "variant", *axes, "validation loss (best, step)", "vs base model", "vs best", "last validation",
+               "status"]  # fmt: skip
+    loss_column = 2 + len(axes)
+    rows, swatches, classes, highlight = [], [], [], set()
+    placed_base = base is None
 
+    def base_row() -> None:
+        vs_best = fmt_delta(base - best, decimals) if best is not None else MISSING
+        blank = [""] * len(axes)
+        rows.append(["ref", BASE_ROW, *blank, fmt_loss(base, decimals), "0", vs_best, MISSING, "reference"])
+        swatches.append(BASE_COLOR)
+        classes.append("base")
 
-def run_table(runs: list[Run], knobs: dict[str, dict], labels: dict[str, str]) -> Table:
-    headers = [
-        "variant", "knobs", "steps", "trainable params", "s/step", "images/s", "peak GPU mem",
-        "peak host RSS", "final train loss", "best val loss (step)", "adapter size", "trained on",
-    ]
-    rows, best_losses = [], []
-    for run in runs:
-        summary = run_summary(run)
-        best = summary.get("best_val_loss")
-        best_text = fmt_number(best)
-        if best is not None and summary.get("best_val_step") is not None:
-            best_text += f" (step {fmt_number(summary['best_val_step'])})"
-        name = run.name + (f"\n{labels[run.name]}" if labels.get(run.name) else "")
+    rank = 0
+    for s in standings:
+        if not placed_base and (s.best is None or s.best > base):
+            base_row()
+            placed_base = True
+        rank += s.best is not None
+        vs_base = MISSING
+        if s.vs_base is not None:
+            vs_base = fmt_delta(s.vs_base, decimals) + (f" ({fmt_percent(100 * s.vs_base / s.base)})" if s.base else "")
+        if s.best is not None and s.best == best:
+            highlight.add((len(rows), loss_column))
+        own = knobs.get(s.name, {})
         rows.append([
-            name,
-            "\n".join(f"{key} = {fmt_value(value)}" for key, value in knobs.get(run.name, {}).items()),
-            fmt_number(summary.get("steps")),
-            fmt_number(summary.get("trainable_params")),
-            fmt_number(summary.get("s_per_step"), 3),
-            fmt_number(summary.get("images_per_s"), 3),
-            fmt_bytes(summary.get("peak_gpu_mem_bytes")),
-            fmt_bytes(summary.get("peak_host_rss_bytes")),
-            fmt_number(summary.get("final_train_loss")),
-            best_text,
-            fmt_bytes(summary.get("adapter_bytes")),
-            data_text(summary.get("dataset")),
+            str(rank) if s.best is not None else MISSING,
+            s.name + (f"\n{labels[s.name]}" if labels.get(s.name) else ""),
+            *(fmt_value(own[axis]) if axis in own else "" for axis in axes),
+            f"{fmt_loss(s.best, decimals)} (step {s.best_step:,})" if s.best is not None else MISSING,
+            vs_base,
+            ("best" if s.best == best else fmt_delta(s.best - best, decimals)) if s.best is not None else MISSING,
+            fmt_loss(s.final, decimals),
+            _status(s),
         ])
-        best_losses.append(best if is_number(best) and math.isfinite(best) else math.inf)
-    table = Table(headers, rows, numeric_columns=set(range(2, len(headers) - 1)))
-    if best_losses and min(best_losses) < math.inf:
-        lowest = min(best_losses)
-        column = headers.index("best val loss (step)")
-        table.highlight = {(row, column) for row, loss in enumerate(best_losses) if loss == lowest}
-    return table
+        swatches.append(styles[s.name].color)
+        classes.append("")
+    if not placed_base:
+        base_row()
+    numeric = set(range(loss_column, loss_column + 4))
+    return Table(headers, rows, numeric, highlight, swatches, classes)
 
 
-def flatten(config: dict, prefix: str = "") -> dict[str, object]:
-    """Nested dicts to dotted keys; lists stay whole values."""
-    flat: dict[str, object] = {}
-    for key, value in config.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
+def effects_table(effects: dict[str, tuple[float, list[AxisValue]]]) -> Table:
+    """One row per axis value: its variants' mean best loss against the axis mean (negative helps)."""
+    means = [v.mean for _, values in effects.values() for v in values] + [m for m, _ in effects.values()]
+    decimals = loss_decimals(means)
+    rows, highlight = [], set()
+    for axis, (axis_mean, values) in effects.items():
+        for position, v in enumerate(values):
+            if position == 0:
+                highlight.add((len(rows), 1))
+            rows.append([
+                axis if position == 0 else "",
+                fmt_value(v.value),
+                str(len(v.variants)),
+                fmt_loss(v.mean, decimals),
+                fmt_loss(axis_mean, decimals) if position == 0 else "",
+                fmt_delta(v.effect, decimals) + (f" ({fmt_percent(100 * v.effect / axis_mean)})" if axis_mean else ""),
+            ])
+    headers = ["axis", "value", "variants", "mean validation loss", "axis mean", "effect (value − axis mean)"]
+    return Table(headers, rows, numeric_columns={2, 3, 4, 5}, highlight=highlight)
 
 
-def config_diff_table(runs: list[Run]) -> Table | None:
-    """Only the dotted config keys whose values differ between runs; None if fewer than two configs."""
-    flat = {run.name: flatten(run.config) for run in runs if run.config is not None}
-    if len(flat) < 2:
+def _link(text: str, path: Path | None, page_dir: Path) -> Link | None:
+    return Link(text, relative_href(path, page_dir)) if path is not None and path.is_file() else None
+
+
+def run_files(run: Run, page_dir: Path) -> tuple[Link, ...]:
+    """Links to what the run wrote (only files that exist), relative to the page."""
+    names = {
+        "adapter": "adapter.safetensors", "metrics": "metrics.json", "config": "config.json",
+        "train log": "train_log.jsonl", "val log": "val_log.jsonl",
+    }  # fmt: skip
+    links = [_link(text, run.folder / name, page_dir) for text, name in names.items()]
+    links.append(_link("job log", run.job_log, page_dir))
+    return tuple(link for link in links if link is not None)
+
+
+def _dropout(metrics: dict) -> str:
+    dropped, seen = metrics.get("dropout_count"), metrics.get("images_seen")
+    if is_number(dropped) and is_number(seen) and seen:
+        return f"{fmt_number(dropped)} of {fmt_number(seen)} ({dropped / seen:.1%})"
+    return MISSING
+
+
+def runs_table(runs: list[Run], page_dir: Path, styles: dict[str, Style]) -> Table:
+    """Speed, memory and files per run. s/step is the median after the warm-up (compilation and
+    autotuning make the first steps slow, and a mean would charge them to every step)."""
+    headers = [
+        "variant", "steps", "s/step (steady)", "images/s (steady)", "training time", "job wall time",
+        "peak GPU mem", "peak host RSS", "trainable params", "adapter size", "condition-dropped", "files",
+    ]  # fmt: skip
+    rows = []
+    for run in runs:
+        metrics = run.metrics
+        steps, _ = series(run.train_log, "step")
+        seconds = metrics.get("wall_time_s")
+        if not is_number(seconds) and run.train_log:
+            seconds = sum(r["seconds"] for r in run.train_log if is_number(r.get("seconds")))
+        rows.append([
+            run.name,
+            fmt_number(metrics.get("steps", int(steps[-1]) if steps else None)),
+            fmt_number(steady_median(run.train_log, "seconds"), 3),
+            fmt_number(steady_median(run.train_log, "images_per_s"), 3),
+            fmt_duration(seconds),
+            fmt_duration(run.benchmark_s),
+            fmt_bytes(metrics.get("peak_gpu_mem_bytes")),
+            fmt_bytes(metrics.get("peak_host_rss_bytes")),
+            fmt_number(metrics.get("trainable_params")),
+            fmt_bytes(metrics.get("adapter_bytes")),
+            _dropout(metrics),
+            run_files(run, page_dir),
+        ])
+    return Table(headers, rows, numeric_columns=set(range(1, 10)), swatches=[styles[r.name].color for r in runs])
+
+
+def settings_tables(per_run: dict[str, dict], colors: dict[str, str]) -> tuple[Table, Table] | None:
+    """(keys equal in every run, a row per run with its value of each key that differs); None without
+    any settings. The differing table has a row per run so that 12 variants fit the page's width.
+
+    A key that some runs lack counts as differing: a run without it used a different code version.
+    """
+    flat = {name: flatten(settings) for name, settings in per_run.items()}
+    if not flat:
         return None
     keys = sorted(set().union(*flat.values()))
-    rows = []
+    shared, differing = [], []
     for key in keys:
-        values = [config.get(key, _ABSENT) for config in flat.values()]
-        if len({_comparable(value) for value in values}) > 1:
-            rows.append([key, *("(absent)" if v is _ABSENT else fmt_value(v) for v in values)])
-    return Table(["config key", *flat], rows)
+        values = [settings.get(key, _ABSENT) for settings in flat.values()]
+        if len({_comparable(value) for value in values}) == 1:
+            shared.append([key, fmt_value(values[0])])
+        else:
+            differing.append(key)
+    rows = [
+        [name, *(fmt_value(settings[key]) if key in settings else "(absent)" for key in differing)]
+        for name, settings in flat.items()
+    ]
+    swatches = [colors.get(name) for name in flat]
+    return Table(["key", "value"], shared), Table(["variant", *differing], rows if differing else [], swatches=swatches)
 
 
 def _comparable(value) -> str:
     return "\0absent" if value is _ABSENT else json.dumps(value, sort_keys=True)
-
-
-def dropout_table(runs: list[Run]) -> Table:
-    rows = []
-    for run in runs:
-        dropped, seen = run.metrics.get("dropout_count"), run.metrics.get("images_seen")
-        share = f"{dropped / seen:.1%}" if is_number(dropped) and is_number(seen) and seen else MISSING
-        rows.append([run.name, fmt_number(dropped), fmt_number(seen), share])
-    return Table(["variant", "condition-dropped items", "images seen", "share"], rows, numeric_columns={1, 2, 3})
-
-
-def prompt_table(rows: list[SampleRow]) -> Table:
-    cells = [[row.prompt_id, str(row.seed), row.prompt] for row in rows]
-    return Table(["prompt id", "seed", "prompt"], cells, numeric_columns={1})
 
 
 def provenance_table(provenance: dict) -> Table:
