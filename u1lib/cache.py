@@ -27,11 +27,12 @@ from .model.config import U1Config
 from .model.loading import load_model
 from .model.u1 import PrefixKV
 from .prefix import UNCOND_ID, PrefixEncoder
+from .snapshot import require_verified
 from .source_hash import code_hash
 
 # The cache key's code: what computes the cached K/V, less file plumbing and the snapshot check
 # (an edit to those must not recompute an 8B cache).
-CACHE_CODE_EXCLUDED = ("io.py", "provenance.py", "source_hash.py", "names.py")
+CACHE_CODE_EXCLUDED = ("io.py", "provenance.py", "source_hash.py", "names.py", "snapshot.py")
 
 
 def engine_hash() -> str:
@@ -83,7 +84,7 @@ def build_cache(
     shard_mb: int = 512,
 ) -> dict:
     """Compute and store prefix K/V for every caption of ``data_paths`` plus the unconditional prefix."""
-    snapshot_dir, out_dir = Path(snapshot_dir), Path(out_dir)
+    snapshot_dir, out_dir = require_verified(manifest_path, snapshot_dir), Path(out_dir)  # refuses changed weights
     spec = PromptSpec(template=template, trigger=trigger, use_think=use_think)
     key = cache_key(snapshot_dir, manifest_path, spec, dtype)
     dev = resolve_device(device)

@@ -30,6 +30,7 @@ from .model.u1 import PrefixKV, U1Model
 from .names import check_name
 from .prefix import PrefixEncoder
 from .settings import from_section
+from .snapshot import require_verified
 
 progress = logging.getLogger("u1lib.progress")
 # beyond these a CPU takes minutes per image: worth a word before the wait starts
@@ -239,8 +240,9 @@ def sample_variant(
     *, snapshot_dir, manifest_path=None, adapter, prompts: list[dict], settings: dict, out_dir, variant: str,
     prompt: dict | None = None, prompt_set: str = "prompts",
 ) -> dict:  # fmt: skip
-    """One variant's grid (the workflow's entry point); ``manifest_path`` is accepted for provenance symmetry."""
-    sampler = Sampler(Path(snapshot_dir), SampleSettings.from_dict(settings), PromptSpec.from_dict(prompt or {}))
+    """One variant's grid (the workflow's entry point); a ``manifest_path`` given is checked first."""
+    snapshot_dir = require_verified(manifest_path, snapshot_dir) if manifest_path is not None else Path(snapshot_dir)
+    sampler = Sampler(snapshot_dir, SampleSettings.from_dict(settings), PromptSpec.from_dict(prompt or {}))
     sampler.plan(variants=1, prompts=len(prompts))
     return sampler.run_variant(variant, Path(adapter) if adapter else None, prompts, Path(out_dir), prompt_set)
 
@@ -248,6 +250,7 @@ def sample_variant(
 def cli(verb: str, argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m u1lib {verb}", description=__doc__)
     parser.add_argument("--snapshot", type=Path, required=True)
+    parser.add_argument("--manifest", type=Path, help="the snapshot's manifest.json: its files are checked first")
     parser.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
                         help="a variant to sample (repeatable); 'base' (no adapter) is always included")  # fmt: skip
     parser.add_argument("--prompts", type=Path, required=True, help="YAML prompt set")
@@ -275,7 +278,8 @@ def cli(verb: str, argv: list[str]) -> int:
             parser.error(f"--adapter {item!r}: a variant {name!r} is already sampled ('base' is the model without "
                          "an adapter); give each adapter its own name")  # fmt: skip
         variants[check_name(name, "--adapter variant name")] = Path(path)
-    sampler = Sampler(args.snapshot, SampleSettings.from_dict(settings), PromptSpec.from_dict(raw.get("prompt", {})))
+    snapshot = require_verified(args.manifest, args.snapshot) if args.manifest else args.snapshot
+    sampler = Sampler(snapshot, SampleSettings.from_dict(settings), PromptSpec.from_dict(raw.get("prompt", {})))
     sampler.plan(variants=len(variants), prompts=len(prompts))
     for name, path in variants.items():
         index = sampler.run_variant(name, path, prompts, args.out / name, args.prompts.stem)

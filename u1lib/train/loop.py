@@ -28,6 +28,7 @@ from ..model.loading import load_model
 from ..model.offload import apply_memory_plan
 from ..model.u1 import U1Model
 from ..prefix import PrefixEncoder
+from ..snapshot import require_verified
 from ..source_hash import code_hash
 from . import checkpoint as ckpt
 from .distributed import init_from_env
@@ -51,7 +52,8 @@ log = logging.getLogger(__name__)
 # The lineage's code: what the training step imports, less what cannot change a checkpoint's
 # tensors or the history it carries (display, file plumbing, the run summary, the resume rule itself).
 LINEAGE_EXCLUDED = ("train/progress.py", "train/stop.py", "train/run_folder.py", "train/summary.py",
-                    "train/resume.py", "train/metrics.py", "io.py", "provenance.py", "source_hash.py")  # fmt: skip
+                    "train/resume.py", "train/metrics.py", "io.py", "provenance.py", "source_hash.py",
+                    "snapshot.py")  # fmt: skip
 
 
 class NonFiniteLoss(RuntimeError):
@@ -67,6 +69,7 @@ class Trainer:
         self.dist = init_from_env()
         self.device = resolve_device(s.device)  # after init_from_env: each rank's own GPU
         self.base_dtype = resolve_dtype(s.precision, self.device)
+        snapshot_dir = require_verified(manifest_path, snapshot_dir)  # a snapshot that changed is refused
         self.manifest = read_json(manifest_path)
         self.train_data, self.val_data, self.val_source = open_data(Path(train_parquet), val_parquet)
         cache = None  # before the model loads: a cache that cannot serve fails fast
