@@ -1,6 +1,7 @@
 rule cache:
     input:
-        manifest=rules.snapshot.output.manifest,
+        manifest=ancient(rules.snapshot.output.manifest),
+        identity=rules.model_identity.output.identity,
         train=rules.pack.output.train,
         val=rules.pack.output.val,
     output:

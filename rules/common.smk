@@ -3,7 +3,6 @@
 Rule files hold no logic: every value a rule needs that is not a plain constant comes from here.
 """
 
-import ast
 import difflib
 import hashlib
 import json
@@ -12,23 +11,34 @@ import re
 from pathlib import Path
 
 import jsonschema
+import pyarrow.parquet as pq
 import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 # The Snakefile's folder is first on sys.path, so this is the u1lib beside it; the job scripts
 # import that same copy (workflow_scripts/job_setup.py), so the code hashed below is the code that runs.
-import u1lib
+from u1lib.data.sources import IMAGE_SUFFIXES
 from u1lib.grid import BASE, GridError, apply_overrides, describe
 from u1lib.grid import expand as expand_grid  # Snakemake has its own expand
-from u1lib.provenance import git_commit, source_hash
+from u1lib.provenance import git_commit
+from u1lib.snapshot import folder_fingerprint
+from u1lib.source_hash import code_hash
 
 WORKFLOW_DIR = Path(workflow.basedir)
 
+
+def from_workdir(path: Path) -> Path:
+    """``path`` relative to the working directory. Snakemake compares the input paths and params of
+    each job with those it recorded, so no absolute path of the project may appear in them: moving
+    or copying the project (``cp -a``) must rerun nothing."""
+    return Path(os.path.relpath(path))
+
+
 SCHEMA_PATH = WORKFLOW_DIR / "config" / "schema" / "config.schema.yaml"
-PINS_PATH = WORKFLOW_DIR / "config" / "pins" / "neo_unify.yaml"
-DEMO_CAPTIONS = WORKFLOW_DIR / "config" / "demo_captions.yaml"
-PROMPT_SETS_DIR = WORKFLOW_DIR / "config" / "prompts"
+PINS_PATH = from_workdir(WORKFLOW_DIR / "config" / "pins" / "neo_unify.yaml")
+DEMO_CAPTIONS = from_workdir(WORKFLOW_DIR / "config" / "demo_captions.yaml")
+PROMPT_SETS_DIR = from_workdir(WORKFLOW_DIR / "config" / "prompts")
 CONFIG_FILES = [str(path) for path in workflow.config_settings.configfiles] or [
     str(WORKFLOW_DIR / "config" / "config.yaml")
 ]
@@ -166,70 +176,102 @@ PROMPT_SET = PROMPT_SET_FILE.stem
 
 # ------------------------------------------------------------------ code hashes
 
-# Entry modules of each stage (globs relative to the u1lib package); the hash also covers every
-# u1lib module they import, directly or not, because Snakemake cannot see inside a package.
+# Entry modules of each stage (relative to the u1lib package); the hash also covers every u1lib
+# module they import, directly or not, because Snakemake cannot see inside a package
+# (u1lib/source_hash.py). The snapshot has no entry here; the model identity below defines it.
 STAGE_CODE = {
-    "snapshot": ["hub.py", "tiny.py"],
-    "install_modeling": ["hub.py"],
+    "install_modeling": ["modeling.py"],
     "demo_dataset": ["data/demo.py"],
     "pack": ["data/pack.py"],
     "cache": ["cache.py", "gpu_slots.py"],
     "train": ["train/launch.py", "gpu_slots.py"],
     "sample": ["sample.py", "gpu_slots.py"],
     "report": ["report/__init__.py", "provenance.py"],
-    "bench": ["bench.py", "gpu_slots.py"],
+    "bench": ["bench/__init__.py", "gpu_slots.py"],
 }
-PACKAGE_DIR = Path(u1lib.__file__).parent
+# The snapshot check that stages reading the weights run (u1lib/snapshot.py) refuses files that
+# changed and never changes a result: an edit to it reruns no stage.
+NOT_RESULT_CODE = ["snapshot.py"]
+CODE_HASH = {
+    stage: code_hash(entries, exclude=NOT_RESULT_CODE)
+    for stage, entries in STAGE_CODE.items()
+}
 
 
-def imported_modules(path: Path) -> set[Path]:
-    """Files of the u1lib modules and packages that ``path`` imports (anywhere in the file)."""
-    dotted = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
-    # where a relative import starts from (for an __init__.py: its own package)
-    package = dotted[:-1]
-    names = []
-    for node in ast.walk(ast.parse(path.read_bytes())):
-        if isinstance(node, ast.Import):
-            names += [alias.name.split(".") for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = package[: len(package) - node.level + 1] if node.level else ()
-            base = [*base, *(node.module.split(".") if node.module else [])]
-            names += [base, *([*base, alias.name] for alias in node.names)]
-    files = set()
-    for parts in names:
-        if parts and parts[0] == PACKAGE_DIR.name:
-            inner = PACKAGE_DIR.joinpath(*parts[1:])
-            for candidate in (inner.with_suffix(".py"), inner / "__init__.py"):
-                if candidate.is_file():
-                    files.add(candidate)
-    return files
+# ------------------------------------------------------------------ model and data sources
+
+SOURCE_HINT = (
+    "give demo, a folder of <id>.<jpg|jpeg|png|webp> + <id>.txt, or a .parquet file"
+)
 
 
-def code_files(patterns: list[str]) -> list[Path]:
-    """The stage's entry files, everything they import from u1lib, and the packages around them."""
-    todo = [path for pattern in patterns for path in PACKAGE_DIR.glob(pattern)]
-    seen: set[Path] = set()
-    while todo:
-        path = todo.pop()
-        if path not in seen:
-            seen.add(path)
-            todo += imported_modules(path)
-            todo += [
-                p / "__init__.py"
-                for p in path.parents
-                if PACKAGE_DIR in (p, *p.parents)
-            ]
-    return sorted(path for path in seen if path.is_file())
+def model_identity(model: dict) -> dict:
+    """What makes the model what it is, per source; the snapshot and every stage reading the model
+    rerun exactly when it changes. tiny: the seed and the tiny builder's code (tiny.py and what it
+    imports). hub: repo and revision, which pin the files (no u1lib code decides them). A folder: its
+    path and the names, sizes and mtimes of its files (read there, never copied or written).
+    """
+    source = model["source"]
+    if source == "tiny":
+        return {
+            "source": source,
+            "tiny_seed": model["tiny_seed"],
+            "builder": code_hash(["tiny.py"]),
+        }
+    if source == "hub":
+        return {
+            "source": source,
+            "repo_id": model["repo_id"],
+            "revision": model["revision"],
+        }
+    if not Path(source).is_dir():
+        raise WorkflowError(
+            f"model.source {source!r}: no such folder (relative to the working directory "
+            f"{os.getcwd()}); give tiny, hub, or a folder holding a downloaded model"
+        )
+    if model["modeling_source"] != "none":
+        raise WorkflowError(
+            f"model.modeling_source {model['modeling_source']!r}: model.source {source!r} is a "
+            "folder of yours, which the workflow only reads, so no upstream modeling files are "
+            "installed into it; set model.modeling_source: none (the native engine needs none)"
+        )
+    return {"source": source, "files": folder_fingerprint(source)}
 
 
-def code_hash(patterns: list[str]) -> str:
-    """Hash of the stage's u1lib files (names and bytes), as u1lib hashes its own sources."""
-    return source_hash(
-        *(str(path.relative_to(PACKAGE_DIR)) for path in code_files(patterns))
-    )
+def check_dataset_source(value: str) -> None:
+    """A missing or empty dataset.source is an error: otherwise the outputs of an earlier run would
+    stand as if they came from it (Snakemake does not look at inputs of jobs it need not run).
+    """
+    if value == "demo":
+        return
+    path = Path(value)
+    where = f"dataset.source {value!r}"
+    if not path.exists():
+        raise WorkflowError(
+            f"{where}: no such file or folder (relative to the working directory "
+            f"{os.getcwd()}); {SOURCE_HINT}"
+        )
+    if path.is_dir():
+        if not any(
+            entry.is_file()
+            and not entry.name.startswith(".")
+            and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES
+            for entry in os.scandir(path)
+        ):
+            raise WorkflowError(f"{where}: the folder holds no images; {SOURCE_HINT}")
+        return
+    try:
+        rows = pq.ParquetFile(path).metadata.num_rows
+    except (OSError, ValueError) as err:
+        raise WorkflowError(
+            f"{where}: not a readable parquet file ({err}); {SOURCE_HINT}"
+        ) from None
+    if rows == 0:
+        raise WorkflowError(f"{where}: the parquet file has no rows; {SOURCE_HINT}")
 
 
-CODE_HASH = {stage: code_hash(patterns) for stage, patterns in STAGE_CODE.items()}
+MODEL_IDENTITY = canonical(model_identity(config["model"]))
+check_dataset_source(config["dataset"]["source"])
 
 
 # ------------------------------------------------------------------ plain values
@@ -239,12 +281,6 @@ MODEL = config["model"]["name"]
 DATASET = config["dataset"]["name"]
 GPUS_PER_JOB = config["resources"]["gpus_per_job"]
 GPUS_PER_TRAIN_JOB = config["resources"]["gpus_per_train_job"]
-SNAPSHOT_SETTINGS = canonical(
-    {
-        key: config["model"][key]
-        for key in ("name", "source", "repo_id", "revision", "tiny_seed")
-    }
-)
 PACK_SETTINGS = canonical(
     {
         key: config["dataset"][key]
@@ -252,6 +288,8 @@ PACK_SETTINGS = canonical(
     }
 )
 CACHE_SETTINGS = canonical(config["cache"])
+# dataset.val_count 0 holds nothing out: training then measures its validation loss on training images
+HELD_OUT = config["dataset"]["val_count"] > 0
 BENCH_SETTINGS = canonical(config["bench"])
 
 

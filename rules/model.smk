@@ -1,3 +1,28 @@
+# Stages that read the model take the manifest as ancient() input, for its path and the order of
+# jobs only, and identity.json as a plain input: they rerun when the model's identity changes, not
+# because the snapshot rule reran (a rerun finds the verified snapshot and writes the same manifest).
+# identity.json is written by its own rule, never downstream of the snapshot: Snakemake does not
+# check the params of jobs downstream of a job that must run, so the identity has to reach them
+# through a plain input of a job that itself reruns (config/README.md, "What a change reruns").
+
+
+localrules:
+    model_identity,
+
+
+rule model_identity:
+    output:
+        identity="results/models/{model}/identity.json",
+    log:
+        "results/logs/model_identity/{model}.log",
+    conda:
+        "../envs/u1.yaml"
+    params:
+        identity=MODEL_IDENTITY,
+    script:
+        "../workflow_scripts/model_identity.py"
+
+
 rule snapshot:
     output:
         manifest="results/models/{model}/manifest.json",
@@ -8,8 +33,7 @@ rule snapshot:
     conda:
         "../envs/u1.yaml"
     params:
-        model=SNAPSHOT_SETTINGS,
-        code=CODE_HASH["snapshot"],
+        identity=MODEL_IDENTITY,
     script:
         "../workflow_scripts/snapshot.py"
 
@@ -31,7 +55,8 @@ rule clone_upstream:
 
 rule install_modeling:
     input:
-        manifest=rules.snapshot.output.manifest,
+        manifest=ancient(rules.snapshot.output.manifest),
+        identity=rules.model_identity.output.identity,
         pins=PINS_PATH,
         source=modeling_source,
     output:

@@ -15,7 +15,8 @@ rule report:
     input:
         unpack(report_inputs),
         variants=rules.write_variants.output.variants,
-        manifest=rules.snapshot.output.manifest.format(model=MODEL),
+        manifest=ancient(rules.snapshot.output.manifest.format(model=MODEL)),
+        identity=rules.model_identity.output.identity.format(model=MODEL),
     output:
         html="results/report.html",
     log:

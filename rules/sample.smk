@@ -1,6 +1,7 @@
 rule sample:
     input:
-        manifest=rules.snapshot.output.manifest.format(model=MODEL),
+        manifest=ancient(rules.snapshot.output.manifest.format(model=MODEL)),
+        identity=rules.model_identity.output.identity.format(model=MODEL),
         adapter=sample_adapter,
         prompts=PROMPT_SET_FILE,
     output:

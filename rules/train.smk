@@ -1,6 +1,7 @@
 rule train:
     input:
-        manifest=rules.snapshot.output.manifest.format(model=MODEL),
+        manifest=ancient(rules.snapshot.output.manifest.format(model=MODEL)),
+        identity=rules.model_identity.output.identity.format(model=MODEL),
         train=rules.pack.output.train.format(dataset=DATASET),
         val=rules.pack.output.val.format(dataset=DATASET),
         cache=variant_cache,
@@ -23,6 +24,7 @@ rule train:
     params:
         settings=train_settings,
         prompt=variant_prompt,
+        held_out=HELD_OUT,
         code=CODE_HASH["train"],
     script:
         "../workflow_scripts/train.py"

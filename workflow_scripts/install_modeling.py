@@ -6,10 +6,10 @@ from job_setup import start_job
 
 start_job(snakemake.log[0])
 
-from u1lib.hub import install_modeling  # noqa: E402
+from u1lib.modeling import install_modeling  # noqa: E402
 
 install_modeling(
-    Path(snakemake.input.manifest).with_name("snapshot"),
+    Path(snakemake.input.manifest),
     source_dir=Path(snakemake.input.source) if snakemake.input.source else None,
     pins_path=Path(snakemake.input.pins),
     report_path=Path(snakemake.output.report),

@@ -8,11 +8,12 @@ start_job(snakemake.log[0])
 
 from u1lib.gpu_slots import claim_gpus  # noqa: E402
 from u1lib.sample import load_prompts, sample_variant  # noqa: E402
+from u1lib.snapshot import snapshot_dir  # noqa: E402
 
 manifest = Path(snakemake.input.manifest)
 with claim_gpus(snakemake.resources.gpu):
     sample_variant(
-        snapshot_dir=manifest.with_name("snapshot"),
+        snapshot_dir=snapshot_dir(manifest),
         manifest_path=manifest,
         adapter=Path(snakemake.input.adapter) if snakemake.input.adapter else None,
         prompts=load_prompts(Path(snakemake.input.prompts)),

@@ -1,4 +1,5 @@
-"""Rule snapshot: build the tiny model or download the pinned hub revision, and write the manifest."""
+"""Rule snapshot: build the tiny model, download the pinned hub revision or verify a model folder in place,
+and write the manifest (a rerun verifies what is there instead of fetching it again)."""
 
 from pathlib import Path
 
@@ -6,12 +7,14 @@ from job_setup import start_job
 
 start_job(snakemake.log[0])
 
-from u1lib.hub import snapshot_hub, snapshot_tiny  # noqa: E402
+from u1lib.snapshot import make_snapshot  # noqa: E402
 
-settings = snakemake.params.model
-manifest = Path(snakemake.output.manifest)
-snapshot_dir = manifest.with_name("snapshot")
-if settings["source"] == "tiny":
-    snapshot_tiny(snapshot_dir, manifest, seed=settings["tiny_seed"], model=settings["name"])
-else:
-    snapshot_hub(settings["repo_id"], settings["revision"], snapshot_dir, manifest, model=settings["name"])
+identity = snakemake.params.identity
+make_snapshot(
+    identity["source"],
+    Path(snakemake.output.manifest),
+    model=snakemake.wildcards.model,
+    repo_id=identity.get("repo_id"),
+    revision=identity.get("revision"),
+    seed=identity.get("tiny_seed", 0),
+)

@@ -7,6 +7,7 @@ from job_setup import start_job
 start_job(snakemake.log[0])
 
 from u1lib.gpu_slots import claim_gpus  # noqa: E402
+from u1lib.snapshot import snapshot_dir  # noqa: E402
 from u1lib.train.launch import run_training  # noqa: E402
 
 manifest = Path(snakemake.input.manifest)
@@ -14,10 +15,10 @@ with claim_gpus(snakemake.resources.gpu):
     run_training(
         snakemake.params.settings,
         gpus=snakemake.resources.gpu,
-        snapshot_dir=manifest.with_name("snapshot"),
+        snapshot_dir=snapshot_dir(manifest),
         manifest_path=manifest,
         train_parquet=Path(snakemake.input.train),
-        val_parquet=Path(snakemake.input.val),
+        val_parquet=Path(snakemake.input.val) if snakemake.params.held_out else None,
         cache_dir=Path(snakemake.input.cache).parent,
         run_dir=Path(snakemake.output.adapter).parent,
         prompt=snakemake.params.prompt,

@@ -10,7 +10,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 DEFAULT_JOBS = {
-    "snapshot": 1, "install_modeling": 1, "demo_dataset": 1, "pack": 1, "cache": 1,
+    "model_identity": 1, "snapshot": 1, "install_modeling": 1, "demo_dataset": 1, "pack": 1, "cache": 1,
     "train": 4, "sample": 5, "write_variants": 1, "report": 1, "all": 1,
 }
 
@@ -53,7 +53,8 @@ def test_bench_is_an_optional_target(workflow):
 
 
 def test_the_base_model_is_sampled_but_never_trained(workflow):
-    assert workflow.planned_jobs("results/runs/base/samples/demo/index.json") == {"snapshot": 1, "sample": 1}
+    plan = workflow.planned_jobs("results/runs/base/samples/demo/index.json")
+    assert plan == {"model_identity": 1, "snapshot": 1, "sample": 1}
     result = workflow.snakemake("--dry-run", "results/runs/base/adapter.safetensors", check=False)
     assert result.returncode != 0 and "MissingRuleException" in result.stdout + result.stderr
 

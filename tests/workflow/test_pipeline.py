@@ -11,7 +11,7 @@ def stages_exist(*modules: str) -> bool:
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(not stages_exist("u1lib.hub", "u1lib.data.demo", "u1lib.data.pack"), reason="data stages missing")
+@pytest.mark.skipif(not stages_exist("u1lib.snapshot", "u1lib.data.demo", "u1lib.data.pack"), reason="data stages missing")
 def test_data_stages_run_for_real(workflow):
     targets = ("results/data/demo/train.parquet", "results/models/tiny/modeling.json")
     workflow.snakemake("--cores", "2", *targets)

@@ -241,9 +241,11 @@ def test_zero_gpus_ask_sbatch_for_none(workflow, slurm):
 
 
 def test_a_failed_job_fails_the_run(workflow, slurm, tmp_path):
-    (tmp_path / "no-images").mkdir()
+    (tmp_path / "broken").mkdir()  # an empty folder would stop the workflow before any job
+    (tmp_path / "broken" / "a.png").write_bytes(b"not an image")
+    (tmp_path / "broken" / "a.txt").write_text("a caption")
     config = short_config(workflow, gpus=0, train_gpus=0)
-    config["dataset"]["source"] = str(tmp_path / "no-images")
+    config["dataset"]["source"] = str(tmp_path / "broken")
     configfile = workflow.write_config("empty.yaml", config)
     result = run_on_slurm(workflow, configfile, "results/data/demo/train.parquet", check=False)
 
