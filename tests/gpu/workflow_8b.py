@@ -19,6 +19,7 @@ import argparse
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -54,6 +55,8 @@ def main() -> int:
     parser.add_argument("--snapshot", type=Path, default=Path("/dev/shm/u1-8b-random"))
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 8)
+    parser.add_argument("--timeout", type=float, default=None, help="stop the workflow after this many seconds "
+                        "(Ctrl-C, as a person would) and still report the jobs that finished")  # fmt: skip
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     if not (args.snapshot / "model.safetensors.index.json").exists():
@@ -68,10 +71,16 @@ def main() -> int:
                "--configfile", "config/u1-8b.yaml", str(overlay_path.relative_to(REPO))]  # fmt: skip
     print("$ " + " ".join(command[2:]), flush=True)
     started = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, env=env)
+    workflow = subprocess.Popen(command, cwd=REPO, env=env)
+    try:
+        returncode = workflow.wait(timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        workflow.send_signal(signal.SIGINT)
+        returncode = workflow.wait(timeout=60)
+        print(f"stopped after {args.timeout:.0f} s", flush=True)
     total = time.perf_counter() - started
     results = REPO / "results"
-    print(f"\nworkflow exit {done.returncode} after {total:.0f} s\n\n| job | wall s | peak RSS MiB |\n|---|---|---|")
+    print(f"\nworkflow exit {returncode} after {total:.0f} s\n\n| job | wall s | peak RSS MiB |\n|---|---|---|")
     for job, seconds, rss in job_times(results):
         print(f"| {job} | {seconds:.1f} | {rss:.0f} |")
     learned = True
@@ -81,7 +90,7 @@ def main() -> int:
         learned &= first is not None and last is not None and last < first
         print(f"{metrics_path.parent.name}: val {first} -> {last}, {metrics.get('s_per_step')} s/step, "
               f"{metrics.get('device')}")  # fmt: skip
-    return done.returncode or (0 if learned else 3)
+    return returncode or (0 if learned else 3)
 
 
 if __name__ == "__main__":
