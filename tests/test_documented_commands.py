@@ -140,8 +140,13 @@ for _command in ALL:
         SNAKEMAKE.setdefault(_command.line, []).append(_command.where)
 RUN_BLOCKS = [block for block in BLOCKS if block and all(c.words[0] != "snakemake" for c in block)]
 BLOCK_LINES = {c.line for block in RUN_BLOCKS for c in block}
-ON_RESULTS = [c for c in INLINE if c.words[:3] == ["python", "-m", "u1lib"] and c.line not in BLOCK_LINES
-              and any(w.startswith("results/") for w in c.words)]  # fmt: skip
+ON_RESULTS = [
+    c
+    for c in INLINE
+    if c.words[:3] == ["python", "-m", "u1lib"]
+    and c.line not in BLOCK_LINES
+    and any(w.startswith("results/") for w in c.words)
+]
 
 
 def how_exercised(command: Command) -> str | None:
@@ -203,8 +208,10 @@ def test_the_readme_shows_commands_where_this_test_looks():
 
 def test_every_documented_command_is_run_or_exempt():
     uncovered = [f"{c.where}: {c.line}" for c in ALL if how_exercised(c) is None]
-    assert not uncovered, ("documented commands no test runs; put them in a README code block, or add them to "
-                           "EXEMPT in this file with the reason:\n  " + "\n  ".join(uncovered))  # fmt: skip
+    assert not uncovered, (
+        "documented commands no test runs; put them in a README code block, or add them to "
+        "EXEMPT in this file with the reason:\n  " + "\n  ".join(uncovered)
+    )
     stale = sorted(set(EXEMPT) - {c.line for c in ALL})
     assert not stale, f"EXEMPT lists commands the documents no longer show: {stale}"
 

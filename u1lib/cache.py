@@ -19,16 +19,16 @@ import pyarrow.parquet as pq
 import torch
 from safetensors import safe_open
 
-from .data.prompts import PromptSpec, load_tokenizer
-from .data.reader import PackedDataset
-from .device import DTYPES, resolve_device
-from .io import atomic_path, read_json, save_safetensors, sha256_file, write_json
-from .model.config import U1Config
-from .model.loading import load_model
-from .model.u1 import PrefixKV
-from .prefix import UNCOND_ID, PrefixEncoder
-from .snapshot import require_verified
-from .source_hash import code_hash
+from u1lib.data.prompts import PromptSpec, load_tokenizer
+from u1lib.data.reader import PackedDataset
+from u1lib.device import DTYPES, resolve_device
+from u1lib.io import atomic_path, read_json, save_safetensors, sha256_file, write_json
+from u1lib.model.config import U1Config
+from u1lib.model.loading import load_model
+from u1lib.model.u1 import PrefixKV
+from u1lib.prefix import UNCOND_ID, PrefixEncoder
+from u1lib.snapshot import require_verified
+from u1lib.source_hash import code_hash
 
 # The cache key's code: what computes the cached K/V, less file plumbing and the snapshot check
 # (an edit to those must not recompute an 8B cache).
@@ -210,8 +210,16 @@ def cli(verb: str, argv: list[str]) -> int:
     if args.out is None:
         parser.error("--out is required unless --estimate is given")
     info = build_cache(
-        args.snapshot, args.manifest, args.data, args.out, template=args.template, trigger=args.trigger,
-        use_think=args.use_think, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
-    )  # fmt: skip
+        args.snapshot,
+        args.manifest,
+        args.data,
+        args.out,
+        template=args.template,
+        trigger=args.trigger,
+        use_think=args.use_think,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        device=args.device,
+    )
     print(f"cached {info['entries']} prefixes ({info['tokens']} tokens) under key {info['key']} in {args.out}")
     return 0

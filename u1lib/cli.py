@@ -15,7 +15,10 @@ import sys
 VERBS = {
     "tiny": ("u1lib.tiny", "Build the embedded tiny model snapshot"),
     "snapshot": ("u1lib.snapshot", "Build, download or verify in place a model snapshot and write its manifest"),
-    "verify": ("u1lib.snapshot", "Check a snapshot against its manifest (sha256) and its .py files against modeling.json"),
+    "verify": (
+        "u1lib.snapshot",
+        "Check a snapshot against its manifest (sha256) and its .py files against modeling.json",
+    ),
     "install-modeling": ("u1lib.modeling", "Verify upstream modeling files against sha256 pins and install them"),
     "demo": ("u1lib.data.demo", "Write the demo photos (from scikit-image) and captions as a folder"),
     "pack": ("u1lib.data.pack", "Pack a folder of captioned images into parquet"),

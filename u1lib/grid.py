@@ -122,7 +122,7 @@ def _labelled_values(key: str, values, problems: list[str]) -> dict[str, Any]:
         labelled = {}
         for label, value in values.items():
             if isinstance(label, (bool, float)) or not isinstance(label, (str, int)):
-                problems.append(f"{where}: label {label!r} must be a word; quote it, e.g. \"lr1e-4\"")
+                problems.append(f'{where}: label {label!r} must be a word; quote it, e.g. "lr1e-4"')
             else:
                 labelled[str(label)] = value
         seen: dict[str, str] = {}

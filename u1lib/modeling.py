@@ -183,7 +183,8 @@ def verify_modeling(folder: str | Path, report_path: str | Path, *, required: bo
             problems.append(f"{path}: missing (or a symlink); {report_path} records it as installed; {_REINSTALL}")
         elif (actual := sha256_file(path)) != digest:
             problems.append(
-                f"{path}: sha256 {actual}, {report_path} records {digest} (edited since it was installed?); {_REINSTALL}"
+                f"{path}: sha256 {actual}, {report_path} records {digest} "
+                f"(edited since it was installed?); {_REINSTALL}"
             )
     present = sorted(
         path.relative_to(folder).as_posix()

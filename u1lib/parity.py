@@ -17,15 +17,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from .data.prompts import load_tokenizer
-from .io import read_json
-from .lora.io import bake_lora, read_lora_file, wrap_from_file
-from .model.embedders import patchify, unpatchify
-from .model.loading import load_model
-from .model.mlp import record_routing
-from .model.sampling import CFG_NORMS, SAMPLER_T_EPS, euler_sample, time_grid
-from .model.think import ThinkTokens, decode_think
-from .model.u1 import PrefixKV, U1Model, image_indexes, text_indexes, velocity
+from u1lib.data.prompts import load_tokenizer
+from u1lib.io import read_json
+from u1lib.lora.io import bake_lora, read_lora_file, wrap_from_file
+from u1lib.model.embedders import patchify, unpatchify
+from u1lib.model.loading import load_model
+from u1lib.model.mlp import record_routing
+from u1lib.model.sampling import CFG_NORMS, SAMPLER_T_EPS, euler_sample, time_grid
+from u1lib.model.think import ThinkTokens, decode_think
+from u1lib.model.u1 import PrefixKV, U1Model, image_indexes, text_indexes, velocity
 
 TOLERANCE = 1e-4  # max|a - b| <= TOLERANCE * max|b|, per tensor
 THINK_STOPS = ("think_end", "eos", "budget")
@@ -202,9 +202,18 @@ class GoldenRun:
             out[f"{name}.step{i}.gen_input_embeds"] = model.gen_embed(images, grid[i].expand(b), ns)
 
         out[f"{name}.x_final"] = euler_sample(
-            model, cond, uncond, noise, steps=steps, shift=self._shift(), cfg_scale=self.cfg_scale, cfg_norm=norm,
-            cfg_interval=interval, t_eps=float(self.sampler.get("t_eps", SAMPLER_T_EPS)), observer=observe,
-        )  # fmt: skip
+            model,
+            cond,
+            uncond,
+            noise,
+            steps=steps,
+            shift=self._shift(),
+            cfg_scale=self.cfg_scale,
+            cfg_norm=norm,
+            cfg_interval=interval,
+            t_eps=float(self.sampler.get("t_eps", SAMPLER_T_EPS)),
+            observer=observe,
+        )
         out[f"inputs-check.cfg_used.{name.removeprefix('sampler.')}"] = torch.tensor(used)
         return out[f"{name}.x_final"]
 
@@ -296,7 +305,8 @@ def cli(verb: str, argv: list[str]) -> int:
     failed = [r.name for r in rows if not r.ok] + unknown
     worst = max((r.rel for r in rows), default=0.0)
     print(
-        f"\n{len(rows)} tensors compared, worst relative error {worst:.2e} (pass <= {TOLERANCE:g}); {len(failed)} failed"
+        f"\n{len(rows)} tensors compared, worst relative error {worst:.2e} (pass <= {TOLERANCE:g}); "
+        f"{len(failed)} failed"
     )
     return 1 if failed else 0
 

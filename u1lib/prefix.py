@@ -7,9 +7,9 @@ from typing import Sequence
 
 import torch
 
-from .data.prompts import UNCOND_TEXT, PromptSpec, cond_text, encode
-from .data.sources import UNCOND_ID
-from .model.u1 import PrefixKV, U1Model
+from u1lib.data.prompts import UNCOND_TEXT, PromptSpec, cond_text, encode
+from u1lib.data.sources import UNCOND_ID
+from u1lib.model.u1 import PrefixKV, U1Model
 
 __all__ = ["PrefixEncoder", "UNCOND_ID"]
 

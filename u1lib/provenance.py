@@ -12,7 +12,7 @@ PACKAGES = ("torch", "safetensors", "transformers", "tokenizers", "pyarrow", "pi
 
 
 def versions() -> dict[str, str]:
-    from . import __version__
+    from u1lib import __version__
 
     found = {"python": platform.python_version(), "u1lib": __version__}
     for name in PACKAGES:
@@ -35,7 +35,7 @@ def git_commit(cwd: Path | None = None) -> str:
 
 def source_hash(*relative_paths: str) -> str:
     """Hash of u1lib source files (paths relative to the package): results computed by other code differ."""
-    from . import __version__
+    from u1lib import __version__
 
     root = Path(__file__).parent
     digest = hashlib.sha256(__version__.encode())

@@ -19,18 +19,18 @@ import torch
 import yaml
 from PIL import Image
 
-from .data.prompts import PromptSpec, load_tokenizer
-from .device import resolve_device, resolve_dtype
-from .io import write_bytes, write_json
-from .lora.adapter import unwrap
-from .lora.io import bake_lora, read_lora_file, wrap_from_file
-from .model.loading import load_model
-from .model.sampling import CFG_NORMS, SAMPLER_T_EPS, euler_sample
-from .model.u1 import PrefixKV, U1Model
-from .names import check_name
-from .prefix import PrefixEncoder
-from .settings import from_section
-from .snapshot import require_verified
+from u1lib.data.prompts import PromptSpec, load_tokenizer
+from u1lib.device import resolve_device, resolve_dtype
+from u1lib.io import write_bytes, write_json
+from u1lib.lora.adapter import unwrap
+from u1lib.lora.io import bake_lora, read_lora_file, wrap_from_file
+from u1lib.model.loading import load_model
+from u1lib.model.sampling import CFG_NORMS, SAMPLER_T_EPS, euler_sample
+from u1lib.model.u1 import PrefixKV, U1Model
+from u1lib.names import check_name
+from u1lib.prefix import PrefixEncoder
+from u1lib.settings import from_section
+from u1lib.snapshot import require_verified
 
 progress = logging.getLogger("u1lib.progress")
 # beyond these a CPU takes minutes per image: worth a word before the wait starts
@@ -96,8 +96,10 @@ def load_prompts(path: Path) -> list[dict]:
             raise ValueError(f"{path}: prompt id {prompt_id!r} has no prompt text")
         same_file = unicodedata.normalize("NFC", prompt_id).casefold()
         if same_file in seen:
-            raise ValueError(f"{path}: prompt id {prompt_id!r} repeats {seen[same_file]!r} (ids name PNG files and "
-                             "must differ by more than letter case): rename one")  # fmt: skip
+            raise ValueError(
+                f"{path}: prompt id {prompt_id!r} repeats {seen[same_file]!r} (ids name PNG files and "
+                "must differ by more than letter case): rename one"
+            )
         seen[same_file] = prompt_id
         prompts.append({"id": prompt_id, "prompt": str(entry["prompt"])})
     return prompts
@@ -112,8 +114,9 @@ def _inside(folder: Path, name: str) -> Path:
     """``folder / name``, refused unless it resolves to a file directly in ``folder`` (a guard behind check_name)."""
     path = folder / name
     if path.resolve().parent != folder.resolve():
-        raise ValueError(f"refusing to write {path}: it resolves outside {folder}; check the prompt ids and "
-                         "variant names")  # fmt: skip
+        raise ValueError(
+            f"refusing to write {path}: it resolves outside {folder}; check the prompt ids and variant names"
+        )
     return path
 
 
@@ -130,8 +133,14 @@ class _Progress:
     def batch_done(self, images: int, label: str) -> None:
         self.done += images
         per_image = (time.perf_counter() - self.started) / self.done
-        progress.info("%s: %d/%d images, %.1f s/image, eta %s", label, self.done, self.total, per_image,
-                      _duration(per_image * (self.total - self.done)))  # fmt: skip
+        progress.info(
+            "%s: %d/%d images, %.1f s/image, eta %s",
+            label,
+            self.done,
+            self.total,
+            per_image,
+            _duration(per_image * (self.total - self.done)),
+        )
 
 
 def to_png(image: torch.Tensor) -> bytes:
@@ -149,7 +158,9 @@ class Sampler:
         self.s = settings
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
-        self.model: U1Model = load_model(snapshot_dir, ["und", "embed", "gen", "fm"], device=self.device, dtype=self.dtype)
+        self.model: U1Model = load_model(
+            snapshot_dir, ["und", "embed", "gen", "fm"], device=self.device, dtype=self.dtype
+        )
         if settings.upstream_lora:
             spec = settings.upstream_lora
             bake_lora(self.model, read_lora_file(spec["path"]), skip=tuple(spec.get("skip", ())))
@@ -164,13 +175,27 @@ class Sampler:
         """Say what is about to run, warn when it is a GPU-sized job on the CPU, and start the ETA clock."""
         s = self.s
         total = variants * prompts * len(s.seeds)
-        progress.info("sampling %d images (%d variants x %d prompts x %d seeds) at %dx%d, %d steps, cfg %g on %s",
-                      total, variants, prompts, len(s.seeds), s.width, s.height, s.steps, s.cfg_scale,
-                      self.device)  # fmt: skip
+        progress.info(
+            "sampling %d images (%d variants x %d prompts x %d seeds) at %dx%d, %d steps, cfg %g on %s",
+            total,
+            variants,
+            prompts,
+            len(s.seeds),
+            s.width,
+            s.height,
+            s.steps,
+            s.cfg_scale,
+            self.device,
+        )
         if self.device.type == "cpu" and (s.width * s.height > CPU_QUICK_PIXELS or s.steps > CPU_QUICK_STEPS):
-            progress.warning("%dx%d at %d steps is sized for a GPU and can take minutes per image on the CPU; for a "
-                             "quick look pass --size 64 64 --steps 10 (sample.width, sample.height and sample.steps "
-                             "in a config)", s.width, s.height, s.steps)  # fmt: skip
+            progress.warning(
+                "%dx%d at %d steps is sized for a GPU and can take minutes per image on the CPU; for a "
+                "quick look pass --size 64 64 --steps 10 (sample.width, sample.height and sample.steps "
+                "in a config)",
+                s.width,
+                s.height,
+                s.steps,
+            )
         self._progress = _Progress(total)
 
     def _prefix(self, prompt: str) -> PrefixKV:
@@ -193,15 +218,24 @@ class Sampler:
             noise = torch.cat([initial_noise(seed, s.height, s.width, noise_scale) for _, seed in chunk])
             cond = PrefixKV.stack([self._prefix(entry["prompt"]) for entry, _ in chunk])
             images = euler_sample(
-                self.model, cond, self.uncond.repeat(len(chunk)), noise.to(self.device, self.dtype),
-                steps=s.steps, shift=s.timestep_shift, cfg_scale=s.cfg_scale, cfg_norm=s.cfg_norm,
-                cfg_interval=s.cfg_interval, t_eps=s.t_eps,
-            )  # fmt: skip
+                self.model,
+                cond,
+                self.uncond.repeat(len(chunk)),
+                noise.to(self.device, self.dtype),
+                steps=s.steps,
+                shift=s.timestep_shift,
+                cfg_scale=s.cfg_scale,
+                cfg_norm=s.cfg_norm,
+                cfg_interval=s.cfg_interval,
+                t_eps=s.t_eps,
+            )
             out.extend(images)
             self._progress.batch_done(len(chunk), label)
         return out
 
-    def run_variant(self, variant: str, adapter: Path | None, prompts: list[dict], out_dir: Path, prompt_set: str) -> dict:
+    def run_variant(
+        self, variant: str, adapter: Path | None, prompts: list[dict], out_dir: Path, prompt_set: str
+    ) -> dict:
         """Apply ``adapter`` (runtime LoRA + its fully fine-tuned tensors), sample, then restore the base."""
         params = dict(self.model.named_parameters())
         lora = read_lora_file(adapter) if adapter else None
@@ -228,18 +262,28 @@ class Sampler:
             write_bytes(path, to_png(image))
             records.append({"prompt_id": entry["id"], "prompt": entry["prompt"], "seed": seed, "file": path.name})
         index = {
-            "variant": variant, "prompt_set": prompt_set, "adapter": str(adapter) if adapter else None,
+            "variant": variant,
+            "prompt_set": prompt_set,
+            "adapter": str(adapter) if adapter else None,
             "sampler": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.s).items()},
             "images": records,
-        }  # fmt: skip
+        }
         write_json(index_path, index)
         return index
 
 
 def sample_variant(
-    *, snapshot_dir, manifest_path=None, adapter, prompts: list[dict], settings: dict, out_dir, variant: str,
-    prompt: dict | None = None, prompt_set: str = "prompts",
-) -> dict:  # fmt: skip
+    *,
+    snapshot_dir,
+    manifest_path=None,
+    adapter,
+    prompts: list[dict],
+    settings: dict,
+    out_dir,
+    variant: str,
+    prompt: dict | None = None,
+    prompt_set: str = "prompts",
+) -> dict:
     """One variant's grid (the workflow's entry point); a ``manifest_path`` given is checked first."""
     snapshot_dir = require_verified(manifest_path, snapshot_dir) if manifest_path is not None else Path(snapshot_dir)
     sampler = Sampler(snapshot_dir, SampleSettings.from_dict(settings), PromptSpec.from_dict(prompt or {}))
@@ -251,8 +295,13 @@ def cli(verb: str, argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m u1lib {verb}", description=__doc__)
     parser.add_argument("--snapshot", type=Path, required=True)
     parser.add_argument("--manifest", type=Path, help="the snapshot's manifest.json: its files are checked first")
-    parser.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
-                        help="a variant to sample (repeatable); 'base' (no adapter) is always included")  # fmt: skip
+    parser.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a variant to sample (repeatable); 'base' (no adapter) is always included",
+    )
     parser.add_argument("--prompts", type=Path, required=True, help="YAML prompt set")
     parser.add_argument("--out", type=Path, required=True, help="folder; each variant goes to OUT/<name>/")
     parser.add_argument("--settings", type=Path, help="YAML with `sample:` (and optional `prompt:`) sections")
@@ -275,8 +324,10 @@ def cli(verb: str, argv: list[str]) -> int:
         if not sep:
             parser.error(f"--adapter {item!r}: expected NAME=PATH")
         if name in variants:
-            parser.error(f"--adapter {item!r}: a variant {name!r} is already sampled ('base' is the model without "
-                         "an adapter); give each adapter its own name")  # fmt: skip
+            parser.error(
+                f"--adapter {item!r}: a variant {name!r} is already sampled ('base' is the model without "
+                "an adapter); give each adapter its own name"
+            )
         variants[check_name(name, "--adapter variant name")] = Path(path)
     snapshot = require_verified(args.manifest, args.snapshot) if args.manifest else args.snapshot
     sampler = Sampler(snapshot, SampleSettings.from_dict(settings), PromptSpec.from_dict(raw.get("prompt", {})))

@@ -12,8 +12,14 @@ T = TypeVar("T")
 
 # YAML 1.1 (PyYAML) reads a float only with a dot and a signed exponent: 1e-4 and 1.0e4 stay text
 _TEXT_EXPONENT = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+))[eE]([+-]?)(\d+)")
-_NAMES = {int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("text", "texts"),
-          bool: ("true or false", "booleans"), dict: ("a mapping", "mappings"), type(None): ("null", "nulls")}  # fmt: skip
+_NAMES = {
+    int: ("an integer", "integers"),
+    float: ("a number", "numbers"),
+    str: ("text", "texts"),
+    bool: ("true or false", "booleans"),
+    dict: ("a mapping", "mappings"),
+    type(None): ("null", "nulls"),
+}
 
 
 def from_section(cls: type[T], raw: dict, section: str) -> T:

@@ -319,17 +319,26 @@ def _repair_hint(manifest_path: Path, manifest: dict, folder: Path) -> str:
     source, repo_id, revision = manifest.get("source"), manifest.get("repo_id"), manifest.get("revision")
 
     def snapshot(*args) -> str:
-        return " ".join(["python -m u1lib snapshot --model", str(manifest.get("model")), *map(str, args),
-                         "--manifest", str(manifest_path)])  # fmt: skip
+        return " ".join(
+            [
+                "python -m u1lib snapshot --model",
+                str(manifest.get("model")),
+                *map(str, args),
+                "--manifest",
+                str(manifest_path),
+            ]
+        )
 
     if source == "local":
-        return f"{folder} is yours and only read: restore those files, or record it as it is now: `{snapshot('--source', folder)}`"
+        record = snapshot("--source", folder)
+        return f"{folder} is yours and only read: restore those files, or record it as it is now: `{record}`"
     if manifest.get("read_only"):
         return f"{folder} is in the Hugging Face cache: repair it with `hf download {repo_id} --revision {revision}`"
     if source == "tiny":
         seed = str(revision).removeprefix("tiny-seed-")
         return f"rebuild it: `{snapshot('--source tiny --seed', seed, '--out', folder)}`"
-    return f"fetch those files again: `{snapshot('--source hub --repo-id', repo_id, '--revision', revision, '--out', folder)}`"
+    fetch = snapshot("--source hub --repo-id", repo_id, "--revision", revision, "--out", folder)
+    return f"fetch those files again: `{fetch}`"
 
 
 def require_verified(manifest_path: str | Path, folder: str | Path | None = None) -> Path:
@@ -520,7 +529,8 @@ def snapshot_hub(
         raise SnapshotError(
             f"{what}: files fetched again still differ from {manifest_path}: "
             + "; ".join(still_failed.values())
-            + f". The manifest does not describe this revision; delete it and {stamp_path(manifest_path)} to start over."
+            + f". The manifest does not describe this revision; delete it and {stamp_path(manifest_path)} "
+            "to start over."
         )
     return _restore(manifest_path, record, own, stats)
 

@@ -62,7 +62,7 @@ def module_closure(entries: Iterable[str], exclude: Iterable[str] = ()) -> list[
 
 def code_hash(entries: Iterable[str], exclude: Iterable[str] = ()) -> str:
     """16 hex digits over the u1lib version and the names and bytes of :func:`module_closure`."""
-    from . import __version__
+    from u1lib import __version__
 
     digest = hashlib.sha256(__version__.encode())
     for rel in module_closure(entries, exclude):

@@ -114,18 +114,38 @@ def _make_a3b(config: dict) -> None:
     llm = config["llm_config"]
     hidden = 32
     llm.pop("max_window_layers")
-    llm.update(architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe", hidden_size=hidden, intermediate_size=96,
-               rope_theta=1e7, num_experts=8, gen_num_experts=6, num_experts_per_tok=2, gen_num_experts_per_tok=2,
-               moe_intermediate_size=16, gen_moe_intermediate_size=16, norm_topk_prob=True, decoder_sparse_step=1,
-               mlp_only_layers=[], output_router_logits=False, router_aux_loss_coef=0.001)  # fmt: skip
+    llm.update(
+        architectures=["Qwen3MoeForCausalLM"],
+        model_type="qwen3_moe",
+        hidden_size=hidden,
+        intermediate_size=96,
+        rope_theta=1e7,
+        num_experts=8,
+        gen_num_experts=6,
+        num_experts_per_tok=2,
+        gen_num_experts_per_tok=2,
+        moe_intermediate_size=16,
+        gen_moe_intermediate_size=16,
+        norm_topk_prob=True,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        output_router_logits=False,
+        router_aux_loss_coef=0.001,
+    )
     config["vision_config"]["llm_hidden_size"] = hidden
 
 
 def _make_u15(config: dict) -> None:
     """U1.5 differs from U1 in two forward-relevant keys, plus keys its modeling code never reads."""
     llm, vision = config["llm_config"], config["vision_config"]
-    config.update(use_pixel_head=True, noise_scale_max_value=16.0, extra_num_layers_post=0, patch_size=16,
-                  min_pixels=65536, max_pixels=16777216)  # fmt: skip
+    config.update(
+        use_pixel_head=True,
+        noise_scale_max_value=16.0,
+        extra_num_layers_post=0,
+        patch_size=16,
+        min_pixels=65536,
+        max_pixels=16777216,
+    )
     llm.update(pure_llm=False, use_deepep=False, max_window_layers=llm["num_hidden_layers"])
     vision["patch_size"] = 16  # x merge 2 = the 32-px token the pixel head's shuffles produce
 

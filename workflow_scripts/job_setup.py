@@ -31,9 +31,7 @@ def start_job(log_path: str) -> None:
     console = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1, encoding="utf-8")
     os.dup2(handle.fileno(), sys.stdout.fileno())
     os.dup2(handle.fileno(), sys.stderr.fileno())
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     on_console = logging.StreamHandler(console)
     on_console.setFormatter(logging.Formatter(f"[{job_label(log_path)}] %(message)s"))
     logging.getLogger("u1lib.progress").addHandler(on_console)

@@ -27,9 +27,19 @@ CUDA = torch.device("cuda")
 def small_config(layers: int = 6) -> U1Config:
     """8B head layout (128-dim heads, 4:1 GQA) at a width that makes each layer's copy take real time."""
     cfg = U1Config.from_file(CONFIG_8B)
-    return U1Config(**{**cfg.to_dict(), "num_hidden_layers": layers, "hidden_size": 1024, "intermediate_size": 4096,
-                       "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 512,
-                       "fm_head_hidden_size": 512, "vision_hidden_size": 64})  # fmt: skip
+    return U1Config(
+        **{
+            **cfg.to_dict(),
+            "num_hidden_layers": layers,
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 2,
+            "vocab_size": 512,
+            "fm_head_hidden_size": 512,
+            "vision_hidden_size": 64,
+        }
+    )
 
 
 def _batch(cfg, lengths, size=128, seed=0):

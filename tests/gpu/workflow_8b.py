@@ -55,20 +55,38 @@ def main() -> int:
     parser.add_argument("--snapshot", type=Path, default=Path("/dev/shm/u1-8b-random"))
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 8)
-    parser.add_argument("--timeout", type=float, default=None, help="stop the workflow after this many seconds "
-                        "(Ctrl-C, as a person would) and still report the jobs that finished")  # fmt: skip
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="stop the workflow after this many seconds "
+        "(Ctrl-C, as a person would) and still report the jobs that finished",
+    )
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     if not (args.snapshot / "model.safetensors.index.json").exists():
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "u1lib", "bench", "--write-snapshot", str(args.snapshot)],
-                       check=True, cwd=REPO, env=env)  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-m", "u1lib", "bench", "--write-snapshot", str(args.snapshot)],
+            check=True,
+            cwd=REPO,
+            env=env,
+        )
         print(f"random snapshot written to {args.snapshot} in {time.perf_counter() - started:.0f} s", flush=True)
     overlay_path = REPO / "results" / "gpu-overlay.yaml"
     overlay_path.parent.mkdir(parents=True, exist_ok=True)
     overlay_path.write_text(yaml.safe_dump(overlay(args.snapshot, args.steps), sort_keys=False))
-    command = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "results/report.html",
-               "--configfile", "config/u1-8b.yaml", str(overlay_path.relative_to(REPO))]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--cores",
+        str(args.cores),
+        "results/report.html",
+        "--configfile",
+        "config/u1-8b.yaml",
+        str(overlay_path.relative_to(REPO)),
+    ]
     print("$ " + " ".join(command[2:]), flush=True)
     started = time.perf_counter()
     workflow = subprocess.Popen(command, cwd=REPO, env=env)
@@ -88,8 +106,10 @@ def main() -> int:
         metrics = json.loads(metrics_path.read_text())
         first, last = metrics.get("initial_val_loss"), metrics.get("final_val_loss")
         learned &= first is not None and last is not None and last < first
-        print(f"{metrics_path.parent.name}: val {first} -> {last}, {metrics.get('s_per_step')} s/step, "
-              f"{metrics.get('device')}")  # fmt: skip
+        print(
+            f"{metrics_path.parent.name}: val {first} -> {last}, {metrics.get('s_per_step')} s/step, "
+            f"{metrics.get('device')}"
+        )
     return returncode or (0 if learned else 3)
 
 

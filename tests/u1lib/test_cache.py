@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.conftest import CONFIG_8B
 from u1lib.cache import PrefixCacheReader, build_cache, bytes_per_token, cache_key, estimate
 from u1lib.data.prompts import PromptSpec, load_tokenizer
 from u1lib.data.reader import PackedDataset
 from u1lib.model.config import U1Config
 from u1lib.model.loading import load_model
 from u1lib.prefix import UNCOND_ID, PrefixEncoder
-from tests.conftest import CONFIG_8B
 
 
 def _equal(a, b) -> bool:
@@ -62,7 +62,8 @@ def test_estimate_matches_written_cache_and_8b_rate(tiny_workspace):
     ws = tiny_workspace
     est = estimate(ws["snapshot_dir"], [ws["train_parquet"], ws["val_parquet"]], PromptSpec(), "float32")
     info = (ws["cache_dir"] / "cache_info.json").read_text()
-    assert f'"tokens": {est["tokens"] + len(PrefixEncoder(None, load_tokenizer(ws["snapshot_dir"]), PromptSpec()).uncond_ids())}' in info
+    uncond = PrefixEncoder(None, load_tokenizer(ws["snapshot_dir"]), PromptSpec()).uncond_ids()
+    assert f'"tokens": {est["tokens"] + len(uncond)}' in info
     # 8B: 42 layers x (K + V) x 8 kv heads x 128 x 2 bytes = 168 KiB per text token in bf16
     assert bytes_per_token(U1Config.from_file(CONFIG_8B), "bfloat16") == 168 * 1024
 

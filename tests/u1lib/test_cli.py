@@ -13,18 +13,40 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _u1lib(*args, **kwargs):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "u1lib", *map(str, args)], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "u1lib", *map(str, args)],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kwargs,
+    )
 
 
 def _train_args(ws, config: Path, run_dir: Path) -> list:
-    return ["train", config, "--snapshot", ws["snapshot_dir"], "--manifest", ws["manifest_path"], "--train-data",
-            ws["train_parquet"], "--val-data", ws["val_parquet"], "--cache", ws["cache_dir"], "--run-dir", run_dir]  # fmt: skip
+    return [
+        "train",
+        config,
+        "--snapshot",
+        ws["snapshot_dir"],
+        "--manifest",
+        ws["manifest_path"],
+        "--train-data",
+        ws["train_parquet"],
+        "--val-data",
+        ws["val_parquet"],
+        "--cache",
+        ws["cache_dir"],
+        "--run-dir",
+        run_dir,
+    ]
 
 
 def test_ctrl_c_during_training_saves_a_checkpoint_and_says_how_to_resume(tiny_workspace, tmp_path):
     config = tmp_path / "train.yaml"
-    config.write_text("train: {steps: 5000, batch_size: 2, lora: attn=r4a4, log_every: 5, val_every: 0, ckpt_every: 0}\n")
+    config.write_text(
+        "train: {steps: 5000, batch_size: 2, lora: attn=r4a4, log_every: 5, val_every: 0, ckpt_every: 0}\n"
+    )
     run_dir = tmp_path / "run"
     process = _u1lib(*_train_args(tiny_workspace, config, run_dir))
     seen = []
@@ -43,8 +65,9 @@ def test_ctrl_c_during_training_saves_a_checkpoint_and_says_how_to_resume(tiny_w
 
     stopped_at = int(checkpoints[-1].name.split("-")[1])
     more = stopped_at + 3
-    config.write_text(f"train: {{steps: {more}, batch_size: 2, lora: attn=r4a4, log_every: 5, val_every: 0, "
-                      "ckpt_every: 0}\n")  # fmt: skip
+    config.write_text(
+        f"train: {{steps: {more}, batch_size: 2, lora: attn=r4a4, log_every: 5, val_every: 0, ckpt_every: 0}}\n"
+    )
     resumed = _u1lib(*_train_args(tiny_workspace, config, run_dir))
     _, stderr = resumed.communicate(timeout=120)
     assert resumed.returncode == 0 and f"resuming from step {stopped_at} of {more}" in stderr, stderr

@@ -51,10 +51,15 @@ def test_a_waiting_claim_gets_the_id_once_it_is_released(two_gpus):
 
 def test_a_killed_holder_releases_its_gpu(two_gpus):
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import time; from u1lib.gpu_slots import claim_gpus\n"
-         "with claim_gpus(2):\n    print('held', flush=True); time.sleep(60)"],
-        cwd=REPO, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import time; from u1lib.gpu_slots import claim_gpus\n"
+            "with claim_gpus(2):\n    print('held', flush=True); time.sleep(60)",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"

@@ -3,8 +3,14 @@ import pytest
 from u1lib.grid import BASE, DEFAULT, GridError, Variant, apply_overrides, describe, expand
 
 CONFIG = {
-    "train": {"loss_type": "x0", "t_dist": "uniform", "t_mean": -0.8, "t_std": 0.8, "lr": 5e-5,
-              "upstream_lora": {"path": None, "skip": []}},
+    "train": {
+        "loss_type": "x0",
+        "t_dist": "uniform",
+        "t_mean": -0.8,
+        "t_std": 0.8,
+        "lr": 5e-5,
+        "upstream_lora": {"path": None, "skip": []},
+    },
     "prompt": {"template": "neo1_0", "trigger": "", "use_think": False},
     "sample": {"cfg_scale": 4.0, "prompt_set": "demo", "seeds": [0]},
     "dataset": {"val_count": 2},
@@ -18,7 +24,10 @@ def names(grid):
 def test_product_of_two_axes_gives_readable_sorted_names_and_knobs():
     variants = expand({"axes": {"train.loss_type": ["x0", "v"], "train.t_dist": ["uniform", "logit_normal"]}}, CONFIG)
     assert [v.name for v in variants] == [
-        "loss-v_t-logit_normal", "loss-v_t-uniform", "loss-x0_t-logit_normal", "loss-x0_t-uniform",
+        "loss-v_t-logit_normal",
+        "loss-v_t-uniform",
+        "loss-x0_t-logit_normal",
+        "loss-x0_t-uniform",
     ]
     assert variants[0].knobs == {"train.loss_type": "v", "train.t_dist": "logit_normal"}
     assert variants[0].label == "train.loss_type=v, train.t_dist=logit_normal"
@@ -54,14 +63,23 @@ def test_explicit_alias_and_clash_between_aliases():
         "guidance-low"
     ]
     with pytest.raises(GridError, match="would both be called 'x'"):
-        expand({"axes": {"train.lr": {"a": 1.0}, "train.t_std": {"b": 1.0}},
-                "aliases": {"train.lr": "x", "train.t_std": "x"}}, CONFIG)
+        expand(
+            {
+                "axes": {"train.lr": {"a": 1.0}, "train.t_std": {"b": 1.0}},
+                "aliases": {"train.lr": "x", "train.t_std": "x"},
+            },
+            CONFIG,
+        )
 
 
 def test_explicit_variants_are_added_to_the_product():
-    variants = expand({"axes": {"train.loss_type": ["x0"]},
-                       "variants": [{"name": "long", "knobs": {"train.lr": 1.0e-4, "prompt.trigger": "ohwx"}}]},
-                      CONFIG)
+    variants = expand(
+        {
+            "axes": {"train.loss_type": ["x0"]},
+            "variants": [{"name": "long", "knobs": {"train.lr": 1.0e-4, "prompt.trigger": "ohwx"}}],
+        },
+        CONFIG,
+    )
     assert [v.name for v in variants] == ["long", "loss-x0"]
     assert variants[0].knobs == {"prompt.trigger": "ohwx", "train.lr": 1.0e-4}
 
@@ -72,8 +90,12 @@ def test_no_grid_trains_one_default_variant():
 
 def test_every_problem_is_reported_at_once_with_its_key():
     grid = {
-        "axes": {"train.los_type": ["x0"], "dataset.val_count": [1], "sample.prompt_set": ["a"],
-                 "train.t_dist": ["uniform", "uniform"]},
+        "axes": {
+            "train.los_type": ["x0"],
+            "dataset.val_count": [1],
+            "sample.prompt_set": ["a"],
+            "train.t_dist": ["uniform", "uniform"],
+        },
         "variants": [{"name": "base", "knobs": {}}, {"name": "bad/name", "knobs": {"train.nope.deeper": 1}}],
     }
     with pytest.raises(GridError) as err:

@@ -12,10 +12,18 @@ from u1lib.io import safetensors_bytes, save_safetensors
 
 # accented Latin (NFC and NFD), CJK, emoji (with ZWJ and a variation selector), RTL, spaces, mixed
 NAMES = [
-    "caf\u00e9", "cafe\u0301", "\u732b\u306e\u5199\u771f", "\U0001f408\u200d\u2b1b", "\u2764\ufe0f",
-    "\u0635\u0648\u0631\u0629", "\u05ea\u05de\u05d5\u05e0\u05d4", "two words", "Mix\u00e9 \u732b \U0001f600 \u05d0",
-    "quote\" back\\slash", "tab\tand\nnewline",
-]  # fmt: skip
+    "caf\u00e9",
+    "cafe\u0301",
+    "\u732b\u306e\u5199\u771f",
+    "\U0001f408\u200d\u2b1b",
+    "\u2764\ufe0f",
+    "\u0635\u0648\u0631\u0629",
+    "\u05ea\u05de\u05d5\u05e0\u05d4",
+    "two words",
+    "Mix\u00e9 \u732b \U0001f600 \u05d0",
+    'quote" back\\slash',
+    "tab\tand\nnewline",
+]
 
 
 def tensors_for(names: list[str]) -> dict:

@@ -12,10 +12,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from u1lib.data.prompts import PromptSpec
 from u1lib.io import save_safetensors
 from u1lib.model.loading import load_model
-from u1lib.sample import SampleSettings, Sampler, cli, initial_noise, load_prompts, sample_variant
-from u1lib.data.prompts import PromptSpec
+from u1lib.sample import Sampler, SampleSettings, cli, initial_noise, load_prompts, sample_variant
 from u1lib.train.loop import Trainer
 from u1lib.train.settings import TrainSettings
 
@@ -69,9 +69,13 @@ def test_upstream_lora_skip_list_is_the_same_in_training_and_sampling(tiny_works
     stack = {"path": str(tmp_path / "distill.safetensors"), "skip": ["fm_modules.fm_head"]}
     trainer = Trainer(
         TrainSettings.from_dict({"steps": 1, "lora": "mlp=r2a2", "upstream_lora": stack}),
-        snapshot_dir=ws["snapshot_dir"], manifest_path=ws["manifest_path"], train_parquet=ws["train_parquet"],
-        val_parquet=ws["val_parquet"], cache_dir=ws["cache_dir"], run_dir=tmp_path / "run",
-    )  # fmt: skip
+        snapshot_dir=ws["snapshot_dir"],
+        manifest_path=ws["manifest_path"],
+        train_parquet=ws["train_parquet"],
+        val_parquet=ws["val_parquet"],
+        cache_dir=ws["cache_dir"],
+        run_dir=tmp_path / "run",
+    )
     sampler = Sampler(ws["snapshot_dir"], SampleSettings.from_dict({"upstream_lora": stack}), PromptSpec())
     trained = dict(trainer.model.named_parameters())
     sampled = dict(sampler.model.named_parameters())
@@ -110,8 +114,11 @@ def test_an_empty_prompt_set_is_refused(tmp_path, text):
         load_prompts(path)
 
 
-CLASHES = [(["cat", "cat"], "'cat' repeats 'cat'"), (["Cat", "cAT"], "'cAT' repeats 'Cat'"),
-           (["caf\u00e9", "cafe\u0301"], "'cafe\u0301' repeats 'caf\u00e9'")]  # fmt: skip
+CLASHES = [
+    (["cat", "cat"], "'cat' repeats 'cat'"),
+    (["Cat", "cAT"], "'cAT' repeats 'Cat'"),
+    (["caf\u00e9", "cafe\u0301"], "'cafe\u0301' repeats 'caf\u00e9'"),
+]
 
 
 @pytest.mark.parametrize(("ids", "clash"), CLASHES)
@@ -132,17 +139,27 @@ def test_a_prompt_without_text_is_refused_instead_of_sampling_the_word_none(tmp_
 
 def test_good_ids_in_any_script_load_in_order(tmp_path):
     path = tmp_path / "p.yaml"
-    path.write_text("prompts:\n  - {id: 猫, prompt: a cat}\n  - {id: 2, prompt: two}\n"
-                    "  - {id: café, prompt: coffee}\n")  # fmt: skip
-    assert load_prompts(path) == [{"id": "猫", "prompt": "a cat"}, {"id": "2", "prompt": "two"},
-                                  {"id": "café", "prompt": "coffee"}]  # fmt: skip
+    path.write_text("prompts:\n  - {id: 猫, prompt: a cat}\n  - {id: 2, prompt: two}\n  - {id: café, prompt: coffee}\n")
+    assert load_prompts(path) == [
+        {"id": "猫", "prompt": "a cat"},
+        {"id": "2", "prompt": "two"},
+        {"id": "café", "prompt": "coffee"},
+    ]
 
 
 @pytest.mark.parametrize("bad", ["../x", "/abs", "a/b", "..", ".hidden", "", "a\tb"])
 def test_sample_cli_refuses_unsafe_variant_names_before_loading_a_model(tmp_path, bad):
     (tmp_path / "p.yaml").write_text("cat: a cat\n")
-    argv = ["--snapshot", str(tmp_path / "no-snapshot"), "--prompts", str(tmp_path / "p.yaml"),
-            "--out", str(tmp_path / "out"), "--adapter", f"{bad}=a.safetensors"]  # fmt: skip
+    argv = [
+        "--snapshot",
+        str(tmp_path / "no-snapshot"),
+        "--prompts",
+        str(tmp_path / "p.yaml"),
+        "--out",
+        str(tmp_path / "out"),
+        "--adapter",
+        f"{bad}=a.safetensors",
+    ]
     with pytest.raises(ValueError, match=f"^{re.escape(f'--adapter variant name {bad!r} ')}"):  # not the snapshot
         cli("sample", argv)
     assert not (tmp_path / "out").exists()
@@ -151,8 +168,18 @@ def test_sample_cli_refuses_unsafe_variant_names_before_loading_a_model(tmp_path
 @pytest.mark.parametrize("name", ["base", "a"])
 def test_sample_cli_refuses_a_variant_name_given_twice(tmp_path, name, capsys):
     (tmp_path / "p.yaml").write_text("cat: a cat\n")
-    argv = ["--snapshot", str(tmp_path), "--prompts", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "out"),
-            "--adapter", "a=1.safetensors", "--adapter", f"{name}=2.safetensors"]  # fmt: skip
+    argv = [
+        "--snapshot",
+        str(tmp_path),
+        "--prompts",
+        str(tmp_path / "p.yaml"),
+        "--out",
+        str(tmp_path / "out"),
+        "--adapter",
+        "a=1.safetensors",
+        "--adapter",
+        f"{name}=2.safetensors",
+    ]
     with pytest.raises(SystemExit):
         cli("sample", argv)
     assert f"a variant {name!r} is already sampled" in capsys.readouterr().err
@@ -166,8 +193,14 @@ def test_writes_outside_the_output_folder_are_refused_even_without_load_prompts(
     """The second guard: entries that never went through load_prompts, caught before any image is sampled."""
     out = tmp_path / "deep" / "out"
     with pytest.raises(ValueError, match=f"refusing to write .*: it resolves outside {re.escape(str(out))}"):
-        sample_variant(snapshot_dir=tiny_workspace["snapshot_dir"], adapter=None, out_dir=out, variant="base",
-                       prompts=[{"id": bad, "prompt": "a fox"}], settings=ONE_STEP)  # fmt: skip
+        sample_variant(
+            snapshot_dir=tiny_workspace["snapshot_dir"],
+            adapter=None,
+            out_dir=out,
+            variant="base",
+            prompts=[{"id": bad, "prompt": "a fox"}],
+            settings=ONE_STEP,
+        )
     assert not list(tmp_path.rglob("*.png")) and not out.exists()
 
 
@@ -176,8 +209,14 @@ def test_a_symlinked_target_pointing_elsewhere_is_refused(tiny_workspace, tmp_pa
     out.mkdir()
     (out / "p_seed0.png").symlink_to(tmp_path / "elsewhere.png")
     with pytest.raises(ValueError, match="resolves outside"):
-        sample_variant(snapshot_dir=tiny_workspace["snapshot_dir"], adapter=None, out_dir=out, variant="base",
-                       prompts=[{"id": "p", "prompt": "a fox"}], settings=ONE_STEP)  # fmt: skip
+        sample_variant(
+            snapshot_dir=tiny_workspace["snapshot_dir"],
+            adapter=None,
+            out_dir=out,
+            variant="base",
+            prompts=[{"id": "p", "prompt": "a fox"}],
+            settings=ONE_STEP,
+        )
     assert not (tmp_path / "elsewhere.png").exists()
 
 
@@ -185,8 +224,14 @@ def test_a_run_logs_its_plan_and_progress_with_an_eta(tiny_workspace, tmp_path, 
     settings = {"seeds": [0, 1, 2], "steps": 2, "width": 32, "height": 16, "batch_size": 2, "cfg_scale": 3.5}
     prompts = [{"id": "p", "prompt": "a rocket"}]
     with caplog.at_level(logging.INFO, logger="u1lib.progress"):
-        sample_variant(snapshot_dir=tiny_workspace["snapshot_dir"], adapter=None, prompts=prompts,
-                       settings=settings, out_dir=tmp_path / "s", variant="base")  # fmt: skip
+        sample_variant(
+            snapshot_dir=tiny_workspace["snapshot_dir"],
+            adapter=None,
+            prompts=prompts,
+            settings=settings,
+            out_dir=tmp_path / "s",
+            variant="base",
+        )
     lines = [r.getMessage() for r in caplog.records if r.name == "u1lib.progress"]
     assert lines[0] == "sampling 3 images (1 variants x 1 prompts x 3 seeds) at 32x16, 2 steps, cfg 3.5 on cpu"
     assert [line.split(",")[0] for line in lines[1:]] == ["base: 2/3 images", "base: 3/3 images"]  # one per batch
@@ -194,12 +239,18 @@ def test_a_run_logs_its_plan_and_progress_with_an_eta(tiny_workspace, tmp_path, 
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # small work: no CPU warning
 
 
-@pytest.mark.parametrize(("settings", "warned"), [({"width": 512, "height": 512, "steps": 10}, True),
-                                                  ({"width": 64, "height": 64, "steps": 50}, True),
-                                                  ({"width": 256, "height": 256, "steps": 20}, False)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("settings", "warned"),
+    [
+        ({"width": 512, "height": 512, "steps": 10}, True),
+        ({"width": 64, "height": 64, "steps": 50}, True),
+        ({"width": 256, "height": 256, "steps": 20}, False),
+    ],
+)
 def test_large_work_on_the_cpu_is_announced_with_the_flags_for_a_quick_look(tiny_workspace, caplog, settings, warned):
-    sampler = Sampler(tiny_workspace["snapshot_dir"], SampleSettings.from_dict({**settings, "device": "cpu"}),
-                      PromptSpec())  # fmt: skip
+    sampler = Sampler(
+        tiny_workspace["snapshot_dir"], SampleSettings.from_dict({**settings, "device": "cpu"}), PromptSpec()
+    )
     with caplog.at_level(logging.INFO, logger="u1lib.progress"):
         sampler.plan(variants=2, prompts=4)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

@@ -98,10 +98,18 @@ def test_yaml_text_numbers_get_the_hint_through_the_yaml_reader():
 
 
 def test_well_typed_values_pass_unchanged():
-    settings = TrainSettings.from_dict({
-        "lr": 1, "t_eps": None, "grad_clip": 2, "checkpointing": 3, "betas": (0.8, 1), "val_t": [],
-        "upstream_lora": {"path": "x.safetensors", "skip": ["a"]}, "keep_attention": True,
-    })  # fmt: skip
+    settings = TrainSettings.from_dict(
+        {
+            "lr": 1,
+            "t_eps": None,
+            "grad_clip": 2,
+            "checkpointing": 3,
+            "betas": (0.8, 1),
+            "val_t": [],
+            "upstream_lora": {"path": "x.safetensors", "skip": ["a"]},
+            "keep_attention": True,
+        }
+    )
     assert (settings.lr, settings.t_eps, settings.grad_clip, settings.checkpointing) == (1, None, 2, 3)
     assert settings.betas == (0.8, 1) and settings.val_t == () and settings.upstream_lora["skip"] == ["a"]
     assert TrainSettings.from_dict({"checkpointing": "all"}).checkpointing == "all"
@@ -141,8 +149,20 @@ def test_train_cli_reports_the_typed_problems(tmp_path, capsys):
 
     config = tmp_path / "train.yaml"
     config.write_text("train: {lr: 1e-4, betas: 0.9}\n", encoding="utf-8")
-    code = main(["train", str(config), "--snapshot", str(tmp_path), "--manifest", str(tmp_path / "m.json"),
-                 "--train-data", str(tmp_path / "t.parquet"), "--run-dir", str(tmp_path / "run")])  # fmt: skip
+    code = main(
+        [
+            "train",
+            str(config),
+            "--snapshot",
+            str(tmp_path),
+            "--manifest",
+            str(tmp_path / "m.json"),
+            "--train-data",
+            str(tmp_path / "t.parquet"),
+            "--run-dir",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
     assert "train.lr: got '1e-4' (str)" in err and "train.betas: got 0.9 (float)" in err

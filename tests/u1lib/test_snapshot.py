@@ -124,8 +124,9 @@ def test_snapshot_dir_follows_a_moved_project_and_old_manifests_mean_snapshot(tm
     own = tmp_path / "a" / "models" / "m" / "snapshot"
     own.mkdir(parents=True)
     (own / "w.bin").write_bytes(b"weights")
-    manifest = write_manifest(own, own.with_name("manifest.json"), model="m", source="hub", repo_id="o/r",
-                              revision=REVISION)  # fmt: skip
+    manifest = write_manifest(
+        own, own.with_name("manifest.json"), model="m", source="hub", repo_id="o/r", revision=REVISION
+    )
     assert manifest["snapshot_dir"] == "snapshot"
     shutil.copytree(tmp_path / "a", tmp_path / "b")  # copy2: sizes and mtimes kept, as with cp -a
     moved = tmp_path / "b" / "models" / "m" / "manifest.json"
@@ -137,8 +138,9 @@ def test_snapshot_dir_follows_a_moved_project_and_old_manifests_mean_snapshot(tm
 
 
 def test_an_absolute_folder_is_recorded_as_given(folder, tmp_path):
-    manifest = write_manifest(folder.resolve(), tmp_path / "elsewhere" / "m.json", model="m", source="local",
-                              repo_id=None, revision=None)  # fmt: skip
+    manifest = write_manifest(
+        folder.resolve(), tmp_path / "elsewhere" / "m.json", model="m", source="local", repo_id=None, revision=None
+    )
     assert manifest["snapshot_dir"] == str(folder.resolve())
     assert snapshot_dir(tmp_path / "elsewhere" / "m.json") == folder.resolve()
 
@@ -397,8 +399,9 @@ def test_offline_verifies_a_complete_hf_cache_snapshot_in_place(offline, tmp_pat
     cached = hf_cache(offline, "org/U1", REVISION, HUB_FILES)
     before = tree(offline)
     manifest_path = tmp_path / "models" / "u1" / "manifest.json"
-    manifest = snapshot_hub("org/U1", REVISION, tmp_path / "models" / "u1" / "snapshot", manifest_path,
-                            model="u1", downloader=no_network)  # fmt: skip
+    manifest = snapshot_hub(
+        "org/U1", REVISION, tmp_path / "models" / "u1" / "snapshot", manifest_path, model="u1", downloader=no_network
+    )
     assert manifest["snapshot_dir"] == str(cached) and manifest["read_only"] is True
     assert [f["path"] for f in manifest["files"]] == ["config.json", "model.safetensors", "tokenizer.json"]
     assert manifest["files"][1]["sha256"] == sha(b"weights")
@@ -412,8 +415,13 @@ def test_offline_without_a_local_snapshot_names_repo_revision_where_it_looked_an
     with pytest.raises(SnapshotError) as caught:
         snapshot_hub("org/U1", REVISION, tmp_path / "snap", tmp_path / "m.json", downloader=no_network)
     message = str(caught.value)
-    for expected in (f"org/U1@{REVISION}", "HF_HUB_OFFLINE", str(tmp_path / "snap"),
-                     str(offline / "models--org--U1" / "snapshots" / REVISION), "hf download org/U1"):  # fmt: skip
+    for expected in (
+        f"org/U1@{REVISION}",
+        "HF_HUB_OFFLINE",
+        str(tmp_path / "snap"),
+        str(offline / "models--org--U1" / "snapshots" / REVISION),
+        "hf download org/U1",
+    ):
         assert expected in message
     assert not (tmp_path / "m.json").exists()
 
@@ -440,16 +448,33 @@ def test_offline_with_a_damaged_own_snapshot_names_the_file(hub, tmp_path, offli
 
 def run_u1lib(*args, env: dict[str, str]) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
-    return subprocess.run([sys.executable, "-m", "u1lib", *map(str, args)], capture_output=True, text=True,
-                          env={**clean, "PYTHONPATH": str(ROOT), **env}, cwd=ROOT, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "u1lib", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**clean, "PYTHONPATH": str(ROOT), **env},
+        cwd=ROOT,
+        check=False,
+    )
 
 
 def test_the_environment_variables_reach_huggingface_hub(tmp_path):
     home = tmp_path / "home"
     cached = hf_cache(home / "hub", "org/U1", REVISION, HUB_FILES)
     manifest = tmp_path / "m.json"
-    args = ["snapshot", "--model", "u1", "--source", "hub", "--repo-id", "org/U1", "--revision", REVISION,
-            "--manifest", manifest]  # fmt: skip
+    args = [
+        "snapshot",
+        "--model",
+        "u1",
+        "--source",
+        "hub",
+        "--repo-id",
+        "org/U1",
+        "--revision",
+        REVISION,
+        "--manifest",
+        manifest,
+    ]
     result = run_u1lib(*args, env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(home)})
     assert result.returncode == 0, result.stderr
     assert snapshot_dir(manifest).resolve() == cached.resolve()

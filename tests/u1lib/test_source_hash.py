@@ -58,9 +58,9 @@ def test_an_edit_to_the_training_maths_refuses_a_resume(tiny_workspace, tmp_path
         from u1lib.train.resume import IncompatibleCheckpoint
         settings = {{"steps": 2, "batch_size": 2, "lora": "attn=r4a4", "val_every": 0, "ckpt_every": 1}}
         try:
-            train(settings, snapshot_dir={str(ws['snapshot_dir'])!r}, manifest_path={str(ws['manifest_path'])!r},
-                  train_parquet={str(ws['train_parquet'])!r}, val_parquet={str(ws['val_parquet'])!r},
-                  cache_dir={str(ws['cache_dir'])!r}, run_dir={str(tmp_path / 'run')!r})
+            train(settings, snapshot_dir={str(ws["snapshot_dir"])!r}, manifest_path={str(ws["manifest_path"])!r},
+                  train_parquet={str(ws["train_parquet"])!r}, val_parquet={str(ws["val_parquet"])!r},
+                  cache_dir={str(ws["cache_dir"])!r}, run_dir={str(tmp_path / "run")!r})
         except IncompatibleCheckpoint as err:
             print(err)
             sys.exit(3)

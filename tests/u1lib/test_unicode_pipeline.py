@@ -18,10 +18,15 @@ from safetensors import safe_open
 REPO = Path(__file__).resolve().parents[2]
 # accented Latin (NFC and NFD), CJK, emoji (a ZWJ sequence), Arabic, Hebrew, spaces, mixed
 NAMES = [
-    "caf\u00e9", unicodedata.normalize("NFD", "cr\u00e8me br\u00fbl\u00e9e"), "\u732b\u306e\u5199\u771f",
-    "\U0001f408\u200d\u2b1b", "\u0635\u0648\u0631\u0629 \u0642\u0637", "\u05ea\u05de\u05d5\u05e0\u05d4",
-    "two words", "Mix\u00e9 \u732b \U0001f600 \u05d0",
-]  # fmt: skip
+    "caf\u00e9",
+    unicodedata.normalize("NFD", "cr\u00e8me br\u00fbl\u00e9e"),
+    "\u732b\u306e\u5199\u771f",
+    "\U0001f408\u200d\u2b1b",
+    "\u0635\u0648\u0631\u0629 \u0642\u0637",
+    "\u05ea\u05de\u05d5\u05e0\u05d4",
+    "two words",
+    "Mix\u00e9 \u732b \U0001f600 \u05d0",
+]
 
 pytestmark = pytest.mark.integration
 
@@ -31,8 +36,9 @@ def nfc(name: str) -> str:
 
 
 def u1lib(*args: str, cwd: Path) -> str:
-    result = subprocess.run([sys.executable, "-m", "u1lib", *args], cwd=cwd, capture_output=True, text=True,
-                            encoding="utf-8", check=False)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "u1lib", *args], cwd=cwd, capture_output=True, text=True, encoding="utf-8", check=False
+    )
     assert result.returncode == 0, f"u1lib {args[0]} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
 
@@ -54,19 +60,59 @@ def trained(tmp_path_factory):
         encoding="utf-8",
     )
     u1lib("snapshot", "--model", "tiny", "--source", "tiny", "--out", "snap", "--manifest", "m.json", cwd=root)
-    u1lib("pack", "photos", "--out-dir", "data", "--buckets", "area:4096", "--token-size", "8", "--val-count", "2",
-          cwd=root)  # fmt: skip
-    u1lib("cache", "--snapshot", "snap", "--manifest", "m.json", "--data", "data/train.parquet", "data/val.parquet",
-          "--out", "cache", cwd=root)  # fmt: skip
-    log = u1lib("train", "train.yaml", "--snapshot", "snap", "--manifest", "m.json", "--train-data", "data/train.parquet",
-                "--val-data", "data/val.parquet", "--cache", "cache", "--run-dir", "runs/a", cwd=root)  # fmt: skip
+    u1lib(
+        "pack",
+        "photos",
+        "--out-dir",
+        "data",
+        "--buckets",
+        "area:4096",
+        "--token-size",
+        "8",
+        "--val-count",
+        "2",
+        cwd=root,
+    )
+    u1lib(
+        "cache",
+        "--snapshot",
+        "snap",
+        "--manifest",
+        "m.json",
+        "--data",
+        "data/train.parquet",
+        "data/val.parquet",
+        "--out",
+        "cache",
+        cwd=root,
+    )
+    log = u1lib(
+        "train",
+        "train.yaml",
+        "--snapshot",
+        "snap",
+        "--manifest",
+        "m.json",
+        "--train-data",
+        "data/train.parquet",
+        "--val-data",
+        "data/val.parquet",
+        "--cache",
+        "cache",
+        "--run-dir",
+        "runs/a",
+        cwd=root,
+    )
     return root, log
 
 
 def test_every_unicode_name_is_packed_once_under_its_nfc_id(trained):
     root, _ = trained
-    ids = [row for split in ("train", "val") for row in pq.read_table(root / "data" / f"{split}.parquet")
-           .column("sample_id").to_pylist()]  # fmt: skip
+    ids = [
+        row
+        for split in ("train", "val")
+        for row in pq.read_table(root / "data" / f"{split}.parquet").column("sample_id").to_pylist()
+    ]
     assert sorted(ids) == sorted(nfc(name) for name in NAMES)
     stats = json.loads((root / "data" / "stats.json").read_text(encoding="utf-8"))
     assert stats["skipped"] == [] and stats["counts"]["val"] == 2
@@ -97,8 +143,23 @@ def test_sampling_the_adapter_with_unicode_prompt_ids(trained):
     root, _ = trained
     ids = ["caf\u00e9", "\u732b", "\u05ea\u05de\u05d5\u05e0\u05d4"]
     (root / "prompts.yaml").write_text("".join(f"{i}: a photo of {i}\n" for i in ids), encoding="utf-8")
-    u1lib("sample", "--snapshot", "snap", "--prompts", "prompts.yaml", "--out", "samples", "--steps", "2",
-          "--size", "32", "32", "--adapter", "a=runs/a/adapter.safetensors", cwd=root)  # fmt: skip
+    u1lib(
+        "sample",
+        "--snapshot",
+        "snap",
+        "--prompts",
+        "prompts.yaml",
+        "--out",
+        "samples",
+        "--steps",
+        "2",
+        "--size",
+        "32",
+        "32",
+        "--adapter",
+        "a=runs/a/adapter.safetensors",
+        cwd=root,
+    )
     index = json.loads((root / "samples" / "a" / "index.json").read_text(encoding="utf-8"))
     assert sorted(image["prompt_id"] for image in index["images"]) == sorted(ids)
     for image in index["images"]:

@@ -23,8 +23,16 @@ class Workflow:
 
     def snakemake(self, *args: str, check: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
         """``timeout`` (seconds) turns a run that never ends into subprocess.TimeoutExpired."""
-        command = [sys.executable, "-m", "snakemake", "-s", str(self.root / "Snakefile"),
-                   "--directory", str(self.workdir), *args]
+        command = [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(self.root / "Snakefile"),
+            "--directory",
+            str(self.workdir),
+            *args,
+        ]
         result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")

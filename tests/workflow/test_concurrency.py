@@ -11,8 +11,18 @@ import pytest
 
 @pytest.mark.integration
 def test_a_second_run_is_refused_while_the_first_holds_the_lock(workflow):
-    command = [sys.executable, "-m", "snakemake", "-s", str(workflow.root / "Snakefile"), "--directory",
-               str(workflow.workdir), "--cores", "1", "results/report.html"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(workflow.root / "Snakefile"),
+        "--directory",
+        str(workflow.workdir),
+        "--cores",
+        "1",
+        "results/report.html",
+    ]
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         locks = workflow.workdir / ".snakemake" / "locks"

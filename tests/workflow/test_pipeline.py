@@ -1,17 +1,11 @@
 """End-to-end runs of the real stages on the tiny model (marked integration: tens of seconds)."""
 
-import importlib.util
 import json
 
 import pytest
 
 
-def stages_exist(*modules: str) -> bool:
-    return all(importlib.util.find_spec(module) is not None for module in modules)
-
-
 @pytest.mark.integration
-@pytest.mark.skipif(not stages_exist("u1lib.snapshot", "u1lib.data.demo", "u1lib.data.pack"), reason="data stages missing")
 def test_data_stages_run_for_real(workflow):
     targets = ("results/data/demo/train.parquet", "results/models/tiny/modeling.json")
     workflow.snakemake("--cores", "2", *targets)
@@ -23,8 +17,6 @@ def test_data_stages_run_for_real(workflow):
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(not stages_exist("u1lib.cache", "u1lib.train.loop", "u1lib.sample", "u1lib.report"),
-                    reason="cache/train/sample stages not written yet")
 def test_whole_tiny_pipeline_then_a_sampler_change(workflow):
     config = workflow.config()  # the default config, fewer steps
     config["train"].update(steps=20, val_every=10, ckpt_every=10)
@@ -35,7 +27,11 @@ def test_whole_tiny_pipeline_then_a_sampler_change(workflow):
     assert (results / "report.html").stat().st_size > 0
     variants = json.loads((results / "variants.json").read_text())
     assert sorted(variants["variants"]) == [
-        "loss-v_t-logit_normal", "loss-v_t-uniform", "loss-x0_t-logit_normal", "loss-x0_t-uniform"]
+        "loss-v_t-logit_normal",
+        "loss-v_t-uniform",
+        "loss-x0_t-logit_normal",
+        "loss-x0_t-uniform",
+    ]
     for name in variants["variants"]:
         for output in ("adapter.safetensors", "metrics.json", "train_log.jsonl", "val_log.jsonl", "config.json"):
             assert (results / "runs" / name / output).is_file()

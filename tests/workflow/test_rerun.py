@@ -38,7 +38,9 @@ def test_reordered_config_keys_rerun_nothing(finished):
     def reverse(value):
         return {key: reverse(value[key]) for key in reversed(list(value))} if isinstance(value, dict) else value
 
-    assert finished.planned_jobs("--configfile", finished.write_config("reversed.yaml", reverse(finished.config()))) == {}
+    assert (
+        finished.planned_jobs("--configfile", finished.write_config("reversed.yaml", reverse(finished.config()))) == {}
+    )
 
 
 def test_sampler_knob_reruns_sample_and_report_only(finished):
@@ -52,8 +54,7 @@ def test_new_trigger_reruns_cache_train_sample_report_but_not_pack(finished):
 
 
 def test_new_axis_value_trains_only_the_new_variants(finished):
-    plan = plan_with(finished, "axis.yaml",
-                     lambda config: config["grid"]["axes"]["train.loss_type"].append("huber_x0"))
+    plan = plan_with(finished, "axis.yaml", lambda config: config["grid"]["axes"]["train.loss_type"].append("huber_x0"))
     assert plan == {"train": 2, "sample": 2, "write_variants": 1, "report": 1, "all": 1}
     dry_run = finished.snakemake("--dry-run", "--configfile", str(finished.root / "config" / "axis.yaml")).stdout
     assert "results/runs/loss-huber_x0_t-uniform/adapter.safetensors" in dry_run

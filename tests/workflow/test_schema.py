@@ -47,8 +47,11 @@ def normalised(value):
 
 
 def test_every_key_has_a_description_and_a_default_unless_required():
-    incomplete = [key for key, sub, required in schema_keys(SCHEMA)
-                  if "description" not in sub or not ("default" in sub or required)]
+    incomplete = [
+        key
+        for key, sub, required in schema_keys(SCHEMA)
+        if "description" not in sub or not ("default" in sub or required)
+    ]
     assert incomplete == []
 
 
@@ -63,19 +66,27 @@ def test_readme_documents_exactly_the_schema_keys():
 
 
 def test_train_keys_and_defaults_match_the_engine():
-    settings = pytest.importorskip("u1lib.train.settings")
-    engine = {f.name: normalised(f.default) for f in dataclasses.fields(settings.TrainSettings)
-              if f.name not in ("device", "extra")}  # device: runtime, chosen by the job
+    import u1lib.train.settings as settings
+
+    engine = {
+        f.name: normalised(f.default)
+        for f in dataclasses.fields(settings.TrainSettings)
+        if f.name not in ("device", "extra")
+    }  # device: runtime, chosen by the job
     schema = section_defaults("train")
     schema["upstream_lora"] = None  # the workflow passes None for {path: null}
     assert schema == engine
 
 
 def test_sample_and_cache_keys_and_defaults_match_the_engine():
-    sample = pytest.importorskip("u1lib.sample")
-    cache = pytest.importorskip("u1lib.cache")
-    engine = {f.name: normalised(f.default) for f in dataclasses.fields(sample.SampleSettings)
-              if f.name not in ("device", "upstream_lora")}  # upstream_lora comes from the train section
+    import u1lib.cache as cache
+    import u1lib.sample as sample
+
+    engine = {
+        f.name: normalised(f.default)
+        for f in dataclasses.fields(sample.SampleSettings)
+        if f.name not in ("device", "upstream_lora")
+    }  # upstream_lora comes from the train section
     schema = section_defaults("sample")
     del schema["prompt_set"]  # names the output folder, not a sampler setting
     assert schema == engine
@@ -96,12 +107,12 @@ def test_bench_measure_fields_match_the_engine():
 
 
 def test_choices_match_the_engine():
+    import u1lib.model.sampling as sampling
+    import u1lib.train.objectives as objectives
+    import u1lib.train.timesteps as timesteps
     from u1lib.data.buckets import BUCKET_KINDS
     from u1lib.data.prompts import TEMPLATES
 
-    objectives = pytest.importorskip("u1lib.train.objectives")
-    timesteps = pytest.importorskip("u1lib.train.timesteps")
-    sampling = pytest.importorskip("u1lib.model.sampling")
     props = {section: body["properties"] for section, body in SCHEMA["properties"].items()}
     assert props["train"]["loss_type"]["enum"] == list(objectives.LOSS_TYPES)
     assert props["train"]["t_dist"]["enum"] == list(timesteps.T_DISTS)
@@ -112,8 +123,9 @@ def test_choices_match_the_engine():
 
 @pytest.mark.parametrize("files", SHIPPED.values(), ids=SHIPPED.keys())
 def test_shipped_configs_build_the_engine_settings(files):
-    settings = pytest.importorskip("u1lib.train.settings")
-    sample = pytest.importorskip("u1lib.sample")
+    import u1lib.sample as sample
+    import u1lib.train.settings as settings
+
     config = {}
     for name in files:  # later files are merged over earlier ones, as Snakemake does
         merge(config, yaml.safe_load((REPO / "config" / name).read_text()))

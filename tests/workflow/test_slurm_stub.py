@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import snakemake_executor_plugin_slurm  # noqa: F401 - a test extra: missing fails here instead of skipping
 import yaml
 
-pytest.importorskip("snakemake_executor_plugin_slurm", reason="pip install snakemake-executor-plugin-slurm")
 pytestmark = pytest.mark.integration  # every test runs real pipeline stages as SLURM jobs
 
 LOCAL_RULES = {"snapshot", "install_modeling", "demo_dataset", "write_variants", "report", "all"}
@@ -181,16 +181,26 @@ def short_config(workflow, *, gpus: int, train_gpus: int) -> dict:
 
 def run_on_slurm(workflow, configfile: str, *targets: str, check: bool = True):
     return workflow.snakemake(
-        "--workflow-profile", str(workflow.root / "profiles" / "slurm"), "--configfile", configfile,
-        "--slurm-init-seconds-before-status-checks", "1",  # poll every second instead of every 40
-        *targets, check=check, timeout=RUN_LIMIT_S)
+        "--workflow-profile",
+        str(workflow.root / "profiles" / "slurm"),
+        "--configfile",
+        configfile,
+        "--slurm-init-seconds-before-status-checks",
+        "1",  # poll every second instead of every 40
+        *targets,
+        check=check,
+        timeout=RUN_LIMIT_S,
+    )
 
 
 def profile_request(workflow, rule: str) -> dict:
     """What profiles/slurm asks for on behalf of ``rule``: its default-resources, then set-resources."""
     profile = yaml.safe_load((workflow.root / "profiles" / "slurm" / "config.yaml").read_text())
-    return {**profile["default-resources"], **profile["set-resources"].get(rule, {}),
-            "threads": profile["set-threads"].get(rule, 1)}
+    return {
+        **profile["default-resources"],
+        **profile["set-resources"].get(rule, {}),
+        "threads": profile["set-threads"].get(rule, 1),
+    }
 
 
 def test_gpu_jobs_are_submitted_with_their_resources_and_run(workflow, slurm):
@@ -223,8 +233,10 @@ def test_gpu_jobs_are_submitted_with_their_resources_and_run(workflow, slurm):
 
     assert any(run_names & set(call["args"]) for call in slurm.calls("sacct")), "status was never asked"
     # the train job kept SLURM's devices and started one rank per GPU
-    assert "GPUs placed by the scheduler: CUDA_VISIBLE_DEVICES=GPU-stub-0,GPU-stub-1" in (
-        results / "logs/train/default.log").read_text()
+    assert (
+        "GPUs placed by the scheduler: CUDA_VISIBLE_DEVICES=GPU-stub-0,GPU-stub-1"
+        in (results / "logs/train/default.log").read_text()
+    )
     assert json.loads((results / "runs/default/metrics.json").read_text())["world_size"] == 2
 
 

@@ -17,9 +17,15 @@ from tests.workflow.test_rerun import edited_module
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 EVERYTHING_READING_THE_MODEL = {
-    "model_identity": 1, "snapshot": 1, "install_modeling": 1, "cache": 1, "train": 4, "sample": 5,
-    "report": 1, "all": 1,
-}  # fmt: skip
+    "model_identity": 1,
+    "snapshot": 1,
+    "install_modeling": 1,
+    "cache": 1,
+    "train": 4,
+    "sample": 5,
+    "report": 1,
+    "all": 1,
+}
 LAYERS_READERS = {"cache": 1, "train": 4, "sample": 5, "report": 1, "all": 1}
 
 

@@ -26,8 +26,20 @@ def test_a_killed_train_job_resumes_with_its_whole_history_and_the_console_shows
     config["train"].update(steps=150, val_every=25, ckpt_every=20, log_every=5)
     config_path = workflow.write_config("long.yaml", config)
     target = f"results/runs/{VARIANT}/adapter.safetensors"
-    command = [sys.executable, "-m", "snakemake", "-s", str(workflow.root / "Snakefile"), "--directory",
-               str(workflow.workdir), "--cores", "1", target, "--configfile", config_path]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(workflow.root / "Snakefile"),
+        "--directory",
+        str(workflow.workdir),
+        "--cores",
+        "1",
+        target,
+        "--configfile",
+        config_path,
+    ]
     run_dir = workflow.workdir / "results" / "runs" / VARIANT
     job = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     console, killed_at = [], None
@@ -57,9 +69,18 @@ def test_a_killed_train_job_resumes_with_its_whole_history_and_the_console_shows
     results = workflow.workdir / "results"
     settings = json.loads((run_dir / "config.json").read_text())
     cache = next((results / "cache").rglob("manifest.parquet")).parent
-    train(settings["train"], prompt=settings["prompt"], snapshot_dir=results / "models/tiny/snapshot",
-          manifest_path=results / "models/tiny/manifest.json", train_parquet=results / "data/demo/train.parquet",
-          val_parquet=results / "data/demo/val.parquet", cache_dir=cache, run_dir=tmp_path / "straight")  # fmt: skip
+    train(
+        settings["train"],
+        prompt=settings["prompt"],
+        snapshot_dir=results / "models/tiny/snapshot",
+        manifest_path=results / "models/tiny/manifest.json",
+        train_parquet=results / "data/demo/train.parquet",
+        val_parquet=results / "data/demo/val.parquet",
+        cache_dir=cache,
+        run_dir=tmp_path / "straight",
+    )
     for name in ("train_log.jsonl", "val_log.jsonl"):
-        assert _without_timings(read_jsonl(run_dir / name)) == _without_timings(read_jsonl(tmp_path / "straight" / name))
+        assert _without_timings(read_jsonl(run_dir / name)) == _without_timings(
+            read_jsonl(tmp_path / "straight" / name)
+        )
     assert read_jsonl(run_dir / "val_log.jsonl")[0]["step"] == 0

@@ -19,18 +19,18 @@ from pathlib import Path
 
 import torch
 
-from ..device import resolve_device
-from ..io import read_json, write_json
-from ..model.config import U1Config
-from ..provenance import git_commit, versions
-from ..settings import from_section
-from ..train.distributed import init_from_env
-from ..train.metrics import device_name
-from .coldstart import coldstart_child
-from .measure import DEFAULT_CONFIG, MEASURES, Measure
-from .measures import RUNNERS
-from .random_snapshot import write_random_snapshot
-from .timing import Recorder, matmul_tflops
+from u1lib.bench.coldstart import coldstart_child
+from u1lib.bench.measure import DEFAULT_CONFIG, MEASURES, Measure
+from u1lib.bench.measures import RUNNERS
+from u1lib.bench.random_snapshot import write_random_snapshot
+from u1lib.bench.timing import Recorder, matmul_tflops
+from u1lib.device import resolve_device
+from u1lib.io import read_json, write_json
+from u1lib.model.config import U1Config
+from u1lib.provenance import git_commit, versions
+from u1lib.settings import from_section
+from u1lib.train.distributed import init_from_env
+from u1lib.train.metrics import device_name
 
 
 def run_bench(settings: dict, out_json: Path) -> dict:
@@ -49,8 +49,14 @@ def run_bench(settings: dict, out_json: Path) -> dict:
     dist = init_from_env()  # under torchrun: one rank per GPU, rank 0 reports
     device = resolve_device(settings.get("device") or "auto")
     rec = Recorder(device)
-    record = {"device": device_name(device), "versions": versions(), "git_commit": git_commit(), "config": cfg.to_dict(),
-              "matmul_tflops": matmul_tflops(device), "results": []}  # fmt: skip
+    record = {
+        "device": device_name(device),
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "config": cfg.to_dict(),
+        "matmul_tflops": matmul_tflops(device),
+        "results": [],
+    }
     for m in measures:
         rec.reset()
         started = time.perf_counter()
@@ -81,22 +87,29 @@ def summary_line(r: dict) -> str:
     if "s_per_step" not in r:
         return f"{name:<40} " + json.dumps({k: v for k, v in r.items() if k not in ("settings",)})[:400]
     rate = r.get("captions_per_s", r.get("images_per_s"))
-    return (f"{name:<40} {r['s_per_step']:8.4f} s  {rate:7.2f}/s  {r['useful_tflops']:6.1f} TF/s "
-            f"({100 * r['ratio_to_matmul']:4.1f}%)  gpu {r.get('gpu_peak_allocated_gib', 0):6.2f}/"
-            f"{r.get('gpu_peak_reserved_gib', 0):6.2f} GiB  host {r.get('host_rss_peak_gib', 0):5.2f} GiB")  # fmt: skip
+    return (
+        f"{name:<40} {r['s_per_step']:8.4f} s  {rate:7.2f}/s  {r['useful_tflops']:6.1f} TF/s "
+        f"({100 * r['ratio_to_matmul']:4.1f}%)  gpu {r.get('gpu_peak_allocated_gib', 0):6.2f}/"
+        f"{r.get('gpu_peak_reserved_gib', 0):6.2f} GiB  host {r.get('host_rss_peak_gib', 0):5.2f} GiB"
+    )
 
 
 def _parser(verb: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m u1lib {verb}", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog=f"python -m u1lib {verb}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--measure", choices=MEASURES, help="one measure from the flags below")
     parser.add_argument("--plan", type=Path, help="JSON file: a list of measure dicts (or {config, device, measures})")
     parser.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON record to write")
     parser.add_argument("--config", type=Path, help="upstream config.json (default: the 8B config)")
     parser.add_argument("--device", help="cuda (default when present) or cpu")
     parser.add_argument("--coldstart-child", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--write-snapshot", type=Path, metavar="DIR",
-                        help="write a full-size random-weight snapshot (sharded safetensors) to DIR and exit")  # fmt: skip
+    parser.add_argument(
+        "--write-snapshot",
+        type=Path,
+        metavar="DIR",
+        help="write a full-size random-weight snapshot (sharded safetensors) to DIR and exit",
+    )
     defaults = Measure("train")
     for name, value in asdict(defaults).items():
         if name == "measure":

@@ -10,19 +10,33 @@ from pathlib import Path
 
 import torch
 
-from ..model.config import U1Config
-from ..model.loading import random_model
-from ..model.sampling import euler_sample
-from .measure import DEFAULT_CONFIG, UNCOND_TOKENS, Measure
-from .timing import Recorder
+from u1lib.bench.measure import DEFAULT_CONFIG, UNCOND_TOKENS, Measure
+from u1lib.bench.timing import Recorder
+from u1lib.model.config import U1Config
+from u1lib.model.loading import random_model
+from u1lib.model.sampling import euler_sample
 
 
 def run_coldstart(cfg: U1Config, device: torch.device, m: Measure, rec: Recorder) -> dict:
     """Wall time of a fresh process from start to a written PNG (random weights built on the device)."""
     out_png = Path("/tmp") / f"u1lib_coldstart_{m.size}.png"
     out_png.unlink(missing_ok=True)
-    child = [sys.executable, "-m", "u1lib", "bench", "--coldstart-child", str(out_png), "--size", str(m.size),
-             "--steps", str(m.steps), "--cfg-scale", str(m.cfg_scale), "--prefix", str(m.prefix)]  # fmt: skip
+    child = [
+        sys.executable,
+        "-m",
+        "u1lib",
+        "bench",
+        "--coldstart-child",
+        str(out_png),
+        "--size",
+        str(m.size),
+        "--steps",
+        str(m.steps),
+        "--cfg-scale",
+        str(m.cfg_scale),
+        "--prefix",
+        str(m.prefix),
+    ]
     t0 = time.perf_counter()
     done = subprocess.run(child, capture_output=True, text=True, check=False, cwd=Path(__file__).resolve().parents[2])
     wall = time.perf_counter() - t0

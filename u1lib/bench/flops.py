@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..lora.spec import resolve_spec
-from ..model.config import U1Config
+from u1lib.lora.spec import resolve_spec
+from u1lib.model.config import U1Config
 
 
 def layer_linear_params(cfg: U1Config) -> int:

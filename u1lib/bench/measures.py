@@ -8,21 +8,21 @@ import statistics
 
 import torch
 
-from ..device import resolve_dtype
-from ..lora.adapter import make_trainable
-from ..lora.spec import TrainableSurface
-from ..model.config import U1Config
-from ..model.loading import random_model
-from ..model.offload import apply_memory_plan, enable_swap, spread
-from ..model.sampling import euler_sample
-from ..model.u1 import PrefixKV, U1Model
-from ..train.distributed import init_from_env
-from ..train.objectives import flow_loss
-from ..train.timesteps import sample_t
-from .coldstart import run_coldstart
-from .flops import gen_forward_flops, prefix_flops, train_flops
-from .measure import UNCOND_TOKENS, Measure
-from .timing import Recorder, copy_gbps, maybe_profile, rates, time_calls, timed
+from u1lib.bench.coldstart import run_coldstart
+from u1lib.bench.flops import gen_forward_flops, prefix_flops, train_flops
+from u1lib.bench.measure import UNCOND_TOKENS, Measure
+from u1lib.bench.timing import Recorder, copy_gbps, maybe_profile, rates, time_calls, timed
+from u1lib.device import resolve_dtype
+from u1lib.lora.adapter import make_trainable
+from u1lib.lora.spec import TrainableSurface
+from u1lib.model.config import U1Config
+from u1lib.model.loading import random_model
+from u1lib.model.offload import apply_memory_plan, enable_swap, spread
+from u1lib.model.sampling import euler_sample
+from u1lib.model.u1 import PrefixKV, U1Model
+from u1lib.train.distributed import init_from_env
+from u1lib.train.objectives import flow_loss
+from u1lib.train.timesteps import sample_t
 
 
 def random_prefix(cfg: U1Config, lengths: list[int], device, generator: torch.Generator) -> PrefixKV:
@@ -62,8 +62,15 @@ def run_train(cfg: U1Config, device: torch.device, m: Measure, rec: Recorder) ->
     names = make_trainable(model, TrainableSurface.resolve(m.lora, (), cfg))
     params = dict(model.named_parameters())
     trainable = [params[n] for n in names]
-    apply_memory_plan(model, checkpointing=m.checkpointing, keep_attention=m.keep_attention,
-                      swap_layers=m.swap_layers, slots=m.slots, compile=m.compile, section="bench")  # fmt: skip
+    apply_memory_plan(
+        model,
+        checkpointing=m.checkpointing,
+        keep_attention=m.keep_attention,
+        swap_layers=m.swap_layers,
+        slots=m.slots,
+        compile=m.compile,
+        section="bench",
+    )
     optimizer = torch.optim.AdamW(trainable, lr=1e-5, fused=device.type == "cuda")
     g = torch.Generator(device=device).manual_seed(0)
     lengths = m.prefix_lengths()
@@ -162,8 +169,12 @@ def run_calibrate(cfg: U1Config, device: torch.device, m: Measure, rec: Recorder
             with torch.no_grad():
                 f = statistics.median(time_calls(forward, device, 2, 5))
             fb = statistics.median(time_calls(lambda: forward().sum().backward(), device, 2, 5))  # noqa: B023
-            out[name] = {"fwd_ms": f * 1e3, "fwd_tflops": fwd / f / 1e12, "fwd_bwd_ms": fb * 1e3,
-                         "fwd_bwd_tflops": 3.5 * fwd / fb / 1e12}  # fmt: skip
+            out[name] = {
+                "fwd_ms": f * 1e3,
+                "fwd_tflops": fwd / f / 1e12,
+                "fwd_bwd_ms": fb * 1e3,
+                "fwd_bwd_tflops": 3.5 * fwd / fb / 1e12,
+            }
         except RuntimeError as err:
             out[name] = {"error": str(err).splitlines()[0][:200]}
     return out
@@ -176,5 +187,10 @@ def _attention(q, k, v, backend, gqa: bool) -> torch.Tensor:
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
 
 
-RUNNERS = {"train": run_train, "sample": run_sample, "prefix": run_prefix, "calibrate": run_calibrate,
-           "coldstart": run_coldstart}  # fmt: skip
+RUNNERS = {
+    "train": run_train,
+    "sample": run_sample,
+    "prefix": run_prefix,
+    "calibrate": run_calibrate,
+    "coldstart": run_coldstart,
+}

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from ..io import save_safetensors, write_json
-from ..model.config import U1Config
-from .measure import DEFAULT_CONFIG
-from .timing import GIB
+from u1lib.bench.measure import DEFAULT_CONFIG
+from u1lib.bench.timing import GIB
+from u1lib.io import save_safetensors, write_json
+from u1lib.model.config import U1Config
 
 
 def write_random_snapshot(out_dir: Path, config: Path = DEFAULT_CONFIG, shard_gib: float = 4.0) -> Path:
@@ -20,8 +20,8 @@ def write_random_snapshot(out_dir: Path, config: Path = DEFAULT_CONFIG, shard_gi
     tokenizer only has to produce valid ids. Tensors are drawn on the GPU when there is one, so
     writing is bounded by the disk.
     """
-    from ..model.keys import parameter_shapes
-    from ..tiny import build_tiny_snapshot, init_like
+    from u1lib.model.keys import parameter_shapes
+    from u1lib.tiny import build_tiny_snapshot, init_like
 
     out_dir = Path(out_dir)
     build_tiny_snapshot(out_dir)

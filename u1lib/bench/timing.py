@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from ..train.metrics import peak_host_rss_bytes
-from .measure import Measure
+from u1lib.bench.measure import Measure
+from u1lib.train.metrics import peak_host_rss_bytes
 
 GIB = 2**30
 
@@ -98,8 +98,14 @@ def timed(fn, device: torch.device, m: Measure, rec: Recorder) -> tuple[list[flo
 
 def rates(times: list[float], useful: float, executed: float, items: int) -> dict:
     median = statistics.median(times)
-    out = {"s_per_step": median, "s_min": min(times), "s_max": max(times), "images_per_s": items / median,
-           "useful_tflops": useful / median / 1e12, "executed_tflops": executed / median / 1e12}  # fmt: skip
+    out = {
+        "s_per_step": median,
+        "s_min": min(times),
+        "s_max": max(times),
+        "images_per_s": items / median,
+        "useful_tflops": useful / median / 1e12,
+        "executed_tflops": executed / median / 1e12,
+    }
     return out
 
 
@@ -120,9 +126,15 @@ def maybe_profile(fn, device: torch.device, m: Measure) -> dict:
         if us <= 0:
             continue
         name = event.key.lower()
-        kind = ("attention" if any(s in name for s in ("flash", "fmha", "sdpa", "attention")) else
-                "matmul" if any(s in name for s in ("gemm", "nvjet", "cutlass", "sm90_xmma", "matmul")) else
-                "copy" if "memcpy" in name else "other")  # fmt: skip
+        kind = (
+            "attention"
+            if any(s in name for s in ("flash", "fmha", "sdpa", "attention"))
+            else "matmul"
+            if any(s in name for s in ("gemm", "nvjet", "cutlass", "sm90_xmma", "matmul"))
+            else "copy"
+            if "memcpy" in name
+            else "other"
+        )
         kinds[kind] = kinds.get(kind, 0.0) + us / 2e3
         kernels.append((us / 2e3, event.count // 2, event.key[:120]))
     kernels.sort(reverse=True)

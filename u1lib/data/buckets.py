@@ -24,12 +24,17 @@ from u1lib.data.images import BadItem
 
 OFFICIAL_8B_BUCKETS = (
     (2048, 2048),
-    (2720, 1536), (1536, 2720),
-    (2496, 1664), (1664, 2496),
-    (2368, 1760), (1760, 2368),
-    (2880, 1440), (1440, 2880),
-    (3456, 1152), (1152, 3456),
-)  # fmt: skip
+    (2720, 1536),
+    (1536, 2720),
+    (2496, 1664),
+    (1664, 2496),
+    (2368, 1760),
+    (1760, 2368),
+    (2880, 1440),
+    (1440, 2880),
+    (3456, 1152),
+    (1152, 3456),
+)
 # W/H of the landscape area buckets (the official ratios plus 4:1); portraits mirror them.
 AREA_ASPECT_RATIOS = (1.0, 4 / 3, 3 / 2, 16 / 9, 2.0, 3.0, 4.0)
 RESIZE_POLICY = "cover then center crop (LANCZOS)"

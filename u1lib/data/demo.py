@@ -77,7 +77,9 @@ def write_demo_folder(captions_yaml: str | os.PathLike, out_dir: str | os.PathLi
 
 
 def cli(verb: str, argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m u1lib {verb}", description="Write the demo photos + captions as a folder.")
+    parser = argparse.ArgumentParser(
+        prog=f"python -m u1lib {verb}", description="Write the demo photos + captions as a folder."
+    )
     parser.add_argument("--out", required=True, type=Path, help="folder to write <id>.<ext> + <id>.txt into")
     default = Path(__file__).resolve().parents[2] / "config" / "demo_captions.yaml"
     parser.add_argument("--captions", type=Path, default=default, help="YAML of file name -> caption")

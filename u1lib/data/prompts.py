@@ -50,8 +50,15 @@ EMPTY_THINK_BLOCK = "<think>\n\n</think>\n\n"
 TEMPLATES = ("neo1_0", "plain")
 # Strings the tokenizer turns into control tokens; a caption must not contain them.
 TEMPLATE_TOKENS = (
-    "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<think>", "</think>", "<img>", "</img>", "<IMG_CONTEXT>",
-)  # fmt: skip
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<think>",
+    "</think>",
+    "<img>",
+    "</img>",
+    "<IMG_CONTEXT>",
+)
 
 
 @dataclass(frozen=True)

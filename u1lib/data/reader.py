@@ -202,9 +202,12 @@ class BucketBatchSampler:
 
     def state_dict(self) -> dict:
         return {
-            "epoch": self.epoch, "position": self.position, "seed": self.seed, "batch_size": self.batch_size,
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
             "drop_last": self.drop_last,
-        }  # fmt: skip
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from a saved state; the settings that shape the order must be unchanged (the rank

@@ -21,9 +21,15 @@ PACKED_SCHEMA = pa.schema(
     ]
 )
 PACKED_COLUMNS = {
-    "sample_id": "string", "caption": "string", "think": "string", "image": "binary",
-    "width": "int32", "height": "int32", "bucket": "string", "sha256": "string",
-}  # fmt: skip
+    "sample_id": "string",
+    "caption": "string",
+    "think": "string",
+    "image": "binary",
+    "width": "int32",
+    "height": "int32",
+    "bucket": "string",
+    "sha256": "string",
+}
 SOURCE_REQUIRED = {"sample_id": "string", "caption": "string", "image": "binary"}
 SOURCE_OPTIONAL = {"think": "string"}
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .spec import LoraTarget, TrainableSurface
+from u1lib.lora.spec import LoraTarget, TrainableSurface
 
 
 class LoRALinear(nn.Module):

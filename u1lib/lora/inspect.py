@@ -13,9 +13,8 @@ import re
 import sys
 from pathlib import Path
 
-from ..model.config import U1Config
-from .io import read_lora_file
-from .spec import (
+from u1lib.lora.io import read_lora_file
+from u1lib.lora.spec import (
     ALIASES,
     PRESETS,
     LoraTarget,
@@ -25,6 +24,7 @@ from .spec import (
     resolve_full_ft,
     resolve_spec,
 )
+from u1lib.model.config import U1Config
 
 ALL_PRESETS = "all-presets"
 _INDEX = re.compile(r"\.\d+(?=\.|$)")

@@ -20,9 +20,9 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ..io import save_safetensors
-from .adapter import LoRALinear, adapters_of, wrap
-from .spec import LoraTarget
+from u1lib.io import save_safetensors
+from u1lib.lora.adapter import LoRALinear, adapters_of, wrap
+from u1lib.lora.spec import LoraTarget
 
 UPSTREAM_PREFIX = "diffusion_model."
 FT_BIAS_SUFFIX = ".full_ft_bias"
@@ -66,7 +66,9 @@ def read_lora_file(path: str | Path) -> LoraFile:
             problems.append(f"{module}: lora_down without lora_up")
             continue
         if down.dim() != 2 or up.dim() != 2 or up.shape[1] != down.shape[0]:
-            problems.append(f"{module}: lora_down {tuple(down.shape)} and lora_up {tuple(up.shape)} are not [r, in] and [out, r]")
+            problems.append(
+                f"{module}: lora_down {tuple(down.shape)} and lora_up {tuple(up.shape)} are not [r, in] and [out, r]"
+            )
             continue
         if alpha is not None and alpha.numel() != 1:
             problems.append(f"{module}: alpha has shape {tuple(alpha.shape)}, expected a scalar")

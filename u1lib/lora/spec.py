@@ -18,8 +18,8 @@ import math
 import re
 from dataclasses import dataclass
 
-from ..model.config import U1Config
-from ..model.keys import group_of, parameter_shapes
+from u1lib.model.config import U1Config
+from u1lib.model.keys import group_of, parameter_shapes
 
 
 class SpecError(ValueError):

@@ -75,7 +75,9 @@ class U1Config:
     def __post_init__(self):
         problems = []
         if self.head_dim % 8:
-            problems.append(f"head_dim {self.head_dim} must be a multiple of 8 (t half + h/w quarters, rotate-half pairs)")
+            problems.append(
+                f"head_dim {self.head_dim} must be a multiple of 8 (t half + h/w quarters, rotate-half pairs)"
+            )
         if self.num_attention_heads % self.num_key_value_heads:
             problems.append(
                 f"num_attention_heads {self.num_attention_heads} must be a multiple of "
@@ -84,8 +86,11 @@ class U1Config:
         if self.vision_hidden_size % 4:
             problems.append(f"vision hidden_size {self.vision_hidden_size} must be a multiple of 4 (2D feature RoPE)")
         if self.use_pixel_head:
-            sizes = (("hidden_size", self.hidden_size), ("pixel_head_width", self.pixel_head_width),
-                     ("token size (patch_size x merge)", self.token_size))  # fmt: skip
+            sizes = (
+                ("hidden_size", self.hidden_size),
+                ("pixel_head_width", self.pixel_head_width),
+                ("token size (patch_size x merge)", self.token_size),
+            )
             problems += [
                 f"use_pixel_head: {name} {value} must be a multiple of 4 (the head's PixelShuffle stages)"
                 for name, value in sizes
@@ -101,7 +106,9 @@ class U1Config:
                     f"and a positive expert width ({width})"
                 )
         if self.noise_scale_mode not in ("resolution", "dynamic", "dynamic_sqrt"):
-            problems.append(f"noise_scale_mode {self.noise_scale_mode!r} is not one of resolution, dynamic, dynamic_sqrt")
+            problems.append(
+                f"noise_scale_mode {self.noise_scale_mode!r} is not one of resolution, dynamic, dynamic_sqrt"
+            )
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -109,7 +116,9 @@ class U1Config:
         """Whether ``layer``'s MLP in ``tower`` (und/gen) is a mixture of experts (Qwen3-MoE placement rule)."""
         if tower == "gen":
             return self.gen_num_experts > 0
-        return self.num_experts > 0 and layer not in self.mlp_only_layers and (layer + 1) % self.decoder_sparse_step == 0
+        return (
+            self.num_experts > 0 and layer not in self.mlp_only_layers and (layer + 1) % self.decoder_sparse_step == 0
+        )
 
     @property
     def token_size(self) -> int:
@@ -148,7 +157,9 @@ class U1Config:
                 f"{source}: extra_num_layers_post {raw['extra_num_layers_post']} is not supported "
                 "(every released checkpoint has 0)"
             )
-        ratio = float(_scalar(vision.get("downsample_ratio", raw.get("downsample_ratio", 0.5)), "downsample_ratio", source))
+        ratio = float(
+            _scalar(vision.get("downsample_ratio", raw.get("downsample_ratio", 0.5)), "downsample_ratio", source)
+        )
         llm_hidden = int(_scalar(vision.get("llm_hidden_size", llm["hidden_size"]), "llm_hidden_size", source))
         if llm_hidden != llm["hidden_size"]:
             raise ConfigError(

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import U1Config
-from .rope import vision_rope_2d
+from u1lib.model.config import U1Config
+from u1lib.model.rope import vision_rope_2d
 
 
 class VisionEmbeddings(nn.Module):

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import U1Config
-from .embedders import patchify
+from u1lib.model.config import U1Config
+from u1lib.model.embedders import patchify
 
 
 class MLPHead(nn.Sequential):

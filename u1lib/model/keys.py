@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 
-from .config import U1Config
+from u1lib.model.config import U1Config
 
 GROUPS = ("und", "gen", "fm", "embed", "lm_head", "vision_und")
 

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import U1Config
-from .mlp import mlp_block
-from .rope import AxisAngles
+from u1lib.model.config import U1Config
+from u1lib.model.mlp import mlp_block
+from u1lib.model.rope import AxisAngles
 
 SUFFIX = {"und": "", "gen": "_mot_gen"}
 

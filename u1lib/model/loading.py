@@ -16,9 +16,9 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from .config import U1Config
-from .keys import GROUPS, group_of, parameter_shapes
-from .u1 import U1Model
+from u1lib.model.config import U1Config
+from u1lib.model.keys import GROUPS, group_of, parameter_shapes
+from u1lib.model.u1 import U1Model
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import U1Config
+from u1lib.model.config import U1Config
 
 
 class MLP(nn.Module):

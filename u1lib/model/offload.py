@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .u1 import U1Model, recomputed_layers
+from u1lib.model.u1 import U1Model, recomputed_layers
 
 
 @dataclass
@@ -70,9 +70,10 @@ class LayerStreamer:
     def _frozen(self, index: int) -> list[nn.Parameter]:
         """One layer's frozen 2-D ``_mot_gen`` weights (what streams); all of one dtype, not on meta."""
         params = [
-            p for name, p in self.model.layers[index].named_parameters()
+            p
+            for name, p in self.model.layers[index].named_parameters()
             if "_mot_gen" in name and p.dim() == 2 and not p.requires_grad
-        ]  # fmt: skip
+        ]
         if not params:
             raise ValueError(f"generation layer {index} has no frozen weights to stream (is the gen group loaded?)")
         dtypes = {p.dtype for p in params}
@@ -227,8 +228,16 @@ def spread(count: int, total: int) -> list[int]:
     return sorted({round((j + 0.5) * total / count - 0.5) for j in range(count)}) if count else []
 
 
-def apply_memory_plan(model: U1Model, *, checkpointing: str | int, keep_attention: bool = False,
-                      swap_layers: int = 0, slots: int = 2, compile: bool = False, section: str = "train") -> None:  # fmt: skip
+def apply_memory_plan(
+    model: U1Model,
+    *,
+    checkpointing: str | int,
+    keep_attention: bool = False,
+    swap_layers: int = 0,
+    slots: int = 2,
+    compile: bool = False,
+    section: str = "train",
+) -> None:
     """Recomputed layers, kept attention outputs, streamed layers and compilation, checked together.
 
     Call after the trainable surface is set (streaming moves only frozen weights). Streamed layers

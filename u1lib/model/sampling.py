@@ -6,8 +6,8 @@ from typing import Callable
 
 import torch
 
-from .embedders import unpatchify
-from .u1 import PrefixKV, U1Model, velocity
+from u1lib.model.embedders import unpatchify
+from u1lib.model.u1 import PrefixKV, U1Model, velocity
 
 CFG_NORMS = ("none", "global", "channel", "cfg_zero_star")
 SAMPLER_T_EPS = 0.02  # upstream's generate path; training keeps config.t_eps (0.05)

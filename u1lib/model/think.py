@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.prompts import encode, special_token_id
-from .u1 import PrefixKV, U1Model
+from u1lib.data.prompts import encode, special_token_id
+from u1lib.model.u1 import PrefixKV, U1Model
 
 THINK_OPEN = "<think>\n"
 THINK_END = "</think>"

@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from .config import U1Config
-from .embedders import TimestepEmbedder, VisionModel, patchify
-from .heads import make_head
-from .layers import DecoderLayer, RMSNorm, Runs
-from .rope import AxisAngles
+from u1lib.model.config import U1Config
+from u1lib.model.embedders import TimestepEmbedder, VisionModel, patchify
+from u1lib.model.heads import make_head
+from u1lib.model.layers import DecoderLayer, RMSNorm, Runs
+from u1lib.model.rope import AxisAngles
 
 
 @dataclass
@@ -83,9 +83,13 @@ class PrefixKV:
 
 _ATTENTION_OPS = frozenset(
     getattr(torch.ops.aten, name).default
-    for name in ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention",
-                 "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu")
-)  # fmt: skip
+    for name in (
+        "_scaled_dot_product_cudnn_attention",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_flash_attention_for_cpu",
+    )
+)
 
 
 def _keep_attention(ctx, op, *args, **kwargs) -> CheckpointPolicy:
@@ -141,8 +145,9 @@ class U1Model(nn.Module):
 
     ``recompute_layers`` lists generation layers whose activations are recomputed in backward;
     with ``keep_attention`` their attention outputs are kept instead (one [S, hidden] tensor per
-    layer) so the recompute skips the attention kernel; ``layer_streamer`` (set by :func:`u1lib.model.offload.enable_swap`) brings streamed layers' weights
-    to the device around each call.
+    layer) so the recompute skips the attention kernel; ``layer_streamer`` (set by
+    :func:`u1lib.model.offload.enable_swap`) brings streamed layers' weights to the device around
+    each call.
     """
 
     def __init__(self, cfg: U1Config):
@@ -219,8 +224,10 @@ class U1Model(nn.Module):
         result equals the prefix of the concatenated ids (think decoding).
         """
         if input_ids.shape[0] != 1 or cache.keys[0].shape[0] != 1:
-            raise ValueError(f"extend_prefix takes one row, got ids {tuple(input_ids.shape)} and a cache of "
-                             f"{cache.keys[0].shape[0]} rows")  # fmt: skip
+            raise ValueError(
+                f"extend_prefix takes one row, got ids {tuple(input_ids.shape)} and a cache of "
+                f"{cache.keys[0].shape[0]} rows"
+            )
         start = cache.keys[0].shape[2]
         h = self.language_model.model.embed_tokens(input_ids)
         angles = self._angles(text_indexes(1, input_ids.shape[1], input_ids.device, start), h)

@@ -122,7 +122,8 @@ def _leaderboard_section(standings, base_value, knobs, labels, styles, effects, 
     else:
         effect_part = html.paragraph("No grid axis has two values with a validation loss yet.", "empty")
     return html.section(
-        "leaderboard", "Leaderboard",
+        "leaderboard",
+        "Leaderboard",
         html.paragraph(definition[0].upper() + definition[1:] + ".", "definition"),
         html.paragraph(
             "Ranked by each run's best validation loss; 'vs base model' is that loss minus the run's own step-0 "
@@ -132,7 +133,7 @@ def _leaderboard_section(standings, base_value, knobs, labels, styles, effects, 
         html.table(tables.leaderboard_table(standings, base_value, knobs, labels, styles), "leaderboard"),
         html.figures({"best validation loss per variant": dots}),
         effect_part,
-    )  # fmt: skip
+    )
 
 
 def _previews_section(runs: list[Run], page_dir: Path, colors: dict, row_labels: dict, notes: list[str]) -> str:
@@ -140,12 +141,11 @@ def _previews_section(runs: list[Run], page_dir: Path, colors: dict, row_labels:
     if not grids:
         body = html.paragraph(
             "No previews: no run folder has previews/step-*/index.json (the trainer writes them during training "
-            "when previews are on).", "empty"
-        )  # fmt: skip
+            "when previews are on).",
+            "empty",
+        )
         return html.section("previews", "Previews across training steps", body)
-    parts = [
-        html.paragraph("Per prompt: a row per variant, a column per training step; click an image for full size.")
-    ]
+    parts = [html.paragraph("Per prompt: a row per variant, a column per training step; click an image for full size.")]
     blocks = [
         html.heading(title) + html.image_grid(grid, colors, row_labels, caption=prompt) for title, prompt, grid in grids
     ]
@@ -160,11 +160,12 @@ def _samples_section(
         body = html.paragraph(f"No samples found for prompt set {prompt_set!r}.", "empty")
         return html.section("samples", "Samples", body)
     return html.section(
-        "samples", f"Samples (prompt set {prompt_set!r})",
+        "samples",
+        f"Samples (prompt set {prompt_set!r})",
         html.paragraph("A row per variant (base model first, then by rank); click an image for full size."),
         html.image_grid(contact_grid(runs, rows, page_dir, notes), colors, row_labels),
         _settings_block("Sampler settings", {run.name: run.sampler for run in runs if run.sampler}, colors),
-    )  # fmt: skip
+    )
 
 
 def _settings_block(title: str, per_run: dict[str, dict], colors: dict[str, str]) -> str:
@@ -183,9 +184,15 @@ def _settings_block(title: str, per_run: dict[str, dict], colors: dict[str, str]
 
 
 def build_report(
-    run_dirs: dict[str, Path], out_html: Path, *, variants: dict, provenance: dict, prompt_set: str,
-    benchmarks_dir: Path | None = None, logs_dir: Path | None = None,
-) -> None:  # fmt: skip
+    run_dirs: dict[str, Path],
+    out_html: Path,
+    *,
+    variants: dict,
+    provenance: dict,
+    prompt_set: str,
+    benchmarks_dir: Path | None = None,
+    logs_dir: Path | None = None,
+) -> None:
     """Write the report for ``run_dirs`` (variant -> run folder) to ``out_html``, atomically.
 
     ``benchmarks_dir`` holds Snakemake's ``{variant}.tsv`` train benchmarks (job wall time) and
@@ -200,10 +207,17 @@ def build_report(
         f"{name}: declared in variants.json but no run folder given" for name in [base, *knobs] if name not in run_dirs
     ]
     runs = [
-        read_run(name, Path(run_dirs[name]), prompt_set, trained=name != base, notes=notes,
-                 benchmarks_dir=benchmarks_dir and Path(benchmarks_dir), logs_dir=logs_dir and Path(logs_dir))
+        read_run(
+            name,
+            Path(run_dirs[name]),
+            prompt_set,
+            trained=name != base,
+            notes=notes,
+            benchmarks_dir=benchmarks_dir and Path(benchmarks_dir),
+            logs_dir=logs_dir and Path(logs_dir),
+        )
         for name in _variant_order(run_dirs, knobs, base)
-    ]  # fmt: skip
+    ]
     standings = ranking.leaderboard([run for run in runs if run.trained])
     order = {s.name: position for position, s in enumerate(standings)}
     trained = sorted((run for run in runs if run.trained), key=lambda run: order[run.name])
@@ -216,33 +230,38 @@ def build_report(
 
     leaderboard_part = _leaderboard_section(standings, base_value, knobs, labels, styles, effects, definition)
     curves_part = html.section(
-        "curves", "Curves",
-        html.figures({
-            "validation loss": plots.validation_loss(trained, styles, base_value),
-            "validation loss per t": plots.per_t_relative(trained, {s.name: s for s in standings}, styles),
-            "training loss (x0-MSE)": plots.training_loss(trained, styles),
-            "sampled training t": plots.t_densities(trained, styles),
-        }),
-    )  # fmt: skip
+        "curves",
+        "Curves",
+        html.figures(
+            {
+                "validation loss": plots.validation_loss(trained, styles, base_value),
+                "validation loss per t": plots.per_t_relative(trained, {s.name: s for s in standings}, styles),
+                "training loss (x0-MSE)": plots.training_loss(trained, styles),
+                "sampled training t": plots.t_densities(trained, styles),
+            }
+        ),
+    )
     ranks = {s.name: f"#{position} {s.name}" for position, s in enumerate(standings, 1) if s.best is not None}
     row_labels = {**{run.name: f"{run.name} (untrained)" for run in runs if not run.trained}, **ranks}
     previews_part = _previews_section(shown, page_dir, colors, row_labels, notes)
     samples_part = _samples_section(shown, prompt_set, page_dir, colors, row_labels, notes)
     datasets = {run.name: run.metrics["dataset"] for run in trained if isinstance(run.metrics.get("dataset"), dict)}
     settings_part = html.section(
-        "settings", "Data and training settings",
+        "settings",
+        "Data and training settings",
         _settings_block("Data (files, rows, fingerprints)", datasets, colors),
         _settings_block("Training settings (config.json)", {r.name: r.config for r in trained if r.config}, colors),
-    )  # fmt: skip
+    )
     runs_part = html.section(
-        "runs", "Runs: speed, memory, files",
+        "runs",
+        "Runs: speed, memory, files",
         html.paragraph(
             "s/step and images/s: median over the steps after the warm-up (the first tenth of the run, at least 3 "
             "steps: compilation and autotuning). Training time: the sum of step times (metrics.json wall_time_s); "
             "job wall time: the whole Snakemake job (its benchmark file), with loading and validation."
         ),
         html.table(tables.runs_table(trained, page_dir, styles), "runs"),
-    )  # fmt: skip
+    )
     provenance_part = html.section(
         "provenance", "Provenance", html.table(tables.provenance_table(provenance), "provenance")
     )
@@ -251,13 +270,27 @@ def build_report(
         "LoRA ablation report",
         f"{len(trained)} trained variants against {base!r}; prompt set {prompt_set!r}",
         html.banner(TINY_BANNER) if tiny else "",
-        html.nav({"leaderboard": "Leaderboard", "curves": "Curves", "previews": "Previews", "samples": "Samples",
-                  "settings": "Settings", "runs": "Runs", "provenance": "Provenance"}),
+        html.nav(
+            {
+                "leaderboard": "Leaderboard",
+                "curves": "Curves",
+                "previews": "Previews",
+                "samples": "Samples",
+                "settings": "Settings",
+                "runs": "Runs",
+                "provenance": "Provenance",
+            }
+        ),
         _verdict(standings, base_value, effects, labels),
         leaderboard_part,
         html.notes_box(notes),  # after every part that adds notes
-        curves_part, previews_part, samples_part, settings_part, runs_part, provenance_part,
-    )  # fmt: skip
+        curves_part,
+        previews_part,
+        samples_part,
+        settings_part,
+        runs_part,
+        provenance_part,
+    )
     write_text(out_html, page)
 
 
@@ -276,8 +309,13 @@ def cli(verb: str, argv: list[str]) -> int:
         base, knobs, _ = _parse_variants(variants)
         run_dirs = {name: args.runs_root / name for name in [base, *knobs]}
         build_report(
-            run_dirs, args.out, variants=variants, provenance=read_json(args.provenance), prompt_set=args.prompt_set,
-            benchmarks_dir=args.benchmarks, logs_dir=args.logs,
+            run_dirs,
+            args.out,
+            variants=variants,
+            provenance=read_json(args.provenance),
+            prompt_set=args.prompt_set,
+            benchmarks_dir=args.benchmarks,
+            logs_dir=args.logs,
         )
     except (ValueError, FileNotFoundError) as err:
         print(f"u1lib {verb}: {err}", file=sys.stderr)

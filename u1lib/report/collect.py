@@ -49,9 +49,15 @@ class SampleRow:
 
 
 def read_run(
-    name: str, folder: Path, prompt_set: str, *, trained: bool, notes: list[str],
-    benchmarks_dir: Path | None = None, logs_dir: Path | None = None,
-) -> Run:  # fmt: skip
+    name: str,
+    folder: Path,
+    prompt_set: str,
+    *,
+    trained: bool,
+    notes: list[str],
+    benchmarks_dir: Path | None = None,
+    logs_dir: Path | None = None,
+) -> Run:
     """Read one run folder (and its benchmark and job log, when those folders are given)."""
     run = Run(name=name, folder=folder, trained=trained)
     if not folder.is_dir():
@@ -117,9 +123,11 @@ def _check_t_hist(run: Run, notes: list[str]) -> None:
     edges = hist.get("edges") if isinstance(hist, dict) else None
     counts = hist.get("counts") if isinstance(hist, dict) else None
     if not (
-        isinstance(edges, list) and isinstance(counts, list) and len(edges) == len(counts) + 1
+        isinstance(edges, list)
+        and isinstance(counts, list)
+        and len(edges) == len(counts) + 1
         and all(map(is_number, edges + counts))
-    ):  # fmt: skip
+    ):
         notes.append(f"{run.name}: metrics.json 't_hist' is not {{edges, counts}} with one more edge; not plotted")
         run.metrics.pop("t_hist")
 

@@ -19,10 +19,19 @@ from dataclasses import dataclass
 # Tableau 10 with its grey (kept for the base model) swapped for indigo, plus black and a light green:
 # distinct on white, and each slot has its own marker for readers who cannot tell some hues apart
 PALETTE = (
-    ("#1f77b4", "o"), ("#ff7f0e", "s"), ("#2ca02c", "^"), ("#d62728", "D"),
-    ("#9467bd", "v"), ("#8c564b", "P"), ("#e377c2", "X"), ("#393b79", "<"),
-    ("#bcbd22", ">"), ("#17becf", "p"), ("#000000", "*"), ("#98df8a", "h"),
-)  # fmt: skip
+    ("#1f77b4", "o"),
+    ("#ff7f0e", "s"),
+    ("#2ca02c", "^"),
+    ("#d62728", "D"),
+    ("#9467bd", "v"),
+    ("#8c564b", "P"),
+    ("#e377c2", "X"),
+    ("#393b79", "<"),
+    ("#bcbd22", ">"),
+    ("#17becf", "p"),
+    ("#000000", "*"),
+    ("#98df8a", "h"),
+)
 BASE_COLOR = "#7f7f7f"  # the untrained model: a reference, not a contender
 
 

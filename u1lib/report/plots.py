@@ -57,8 +57,7 @@ def zoom_limits(values: list[float], pad: float = 0.08) -> tuple[float, float]:
 
 def _legend(ax, count: int) -> None:
     """Beside the axes: with 12 variants a legend inside would cover the curves."""
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
-              ncols=1 if count <= 14 else 2)  # fmt: skip
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, ncols=1 if count <= 14 else 2)
 
 
 def overlap_styles(curves: dict[str, tuple[list[float], list[float]]], styles: dict[str, Style]) -> dict[str, object]:
@@ -100,8 +99,15 @@ def best_validation(standings: list[Standing], base: float | None, styles: dict[
     values = [s.best for s in ranked]
     if base is not None:
         ax.axvline(base, color=BASE_COLOR, linestyle="--", linewidth=1.2)
-        ax.annotate("base model", (base, 1.0), xycoords=("data", "axes fraction"), fontsize="small",
-                    ha="center", va="bottom", color=BASE_COLOR)  # fmt: skip
+        ax.annotate(
+            "base model",
+            (base, 1.0),
+            xycoords=("data", "axes fraction"),
+            fontsize="small",
+            ha="center",
+            va="bottom",
+            color=BASE_COLOR,
+        )
         values.append(base)
     ax.set_xlim(*zoom_limits(values, pad=0.12))
     ax.set_yticks(positions, [s.name for s in ranked], fontsize="small")
@@ -131,12 +137,30 @@ def training_loss(runs: list[Run], styles: dict[str, Style]) -> bytes | None:
         if window > 1 and len(losses) >= window:
             smooth = moving_average(losses, window)
             ax.plot(steps, losses, color=style.color, alpha=0.15, linewidth=0.6)
-            ax.plot(steps[window - 1:], smooth, color=style.color, linewidth=1.8, linestyle=linestyles[name],
-                    marker=style.marker, markevery=max(1, len(smooth) // 6), markersize=5, label=name)  # fmt: skip
+            ax.plot(
+                steps[window - 1 :],
+                smooth,
+                color=style.color,
+                linewidth=1.8,
+                linestyle=linestyles[name],
+                marker=style.marker,
+                markevery=max(1, len(smooth) // 6),
+                markersize=5,
+                label=name,
+            )
             shown += smooth.tolist()
         else:
-            ax.plot(steps, losses, color=style.color, linewidth=1.4, linestyle=linestyles[name],
-                    marker=style.marker, markevery=max(1, len(losses) // 6), markersize=5, label=name)  # fmt: skip
+            ax.plot(
+                steps,
+                losses,
+                color=style.color,
+                linewidth=1.4,
+                linestyle=linestyles[name],
+                marker=style.marker,
+                markevery=max(1, len(losses) // 6),
+                markersize=5,
+                label=name,
+            )
             shown += losses
     ax.set_ylim(*zoom_limits(shown))
     _legend(ax, len(curves))
@@ -152,13 +176,22 @@ def validation_loss(runs: list[Run], styles: dict[str, Style], base: float | Non
         return None
     fig = _figure()
     ax = fig.add_subplot()
-    _style_axes(ax, "validation loss (x0-MSE; the same images, t grid and noise at every validation)", "step",
-                "validation loss")  # fmt: skip
+    _style_axes(
+        ax, "validation loss (x0-MSE; the same images, t grid and noise at every validation)", "step", "validation loss"
+    )
     linestyles = overlap_styles(curves, styles)
     for name, (steps, losses) in curves.items():
         style = styles[name]
-        ax.plot(steps, losses, color=style.color, marker=style.marker, markersize=4, linewidth=1.4,
-                linestyle=linestyles[name], label=name)  # fmt: skip
+        ax.plot(
+            steps,
+            losses,
+            color=style.color,
+            marker=style.marker,
+            markersize=4,
+            linewidth=1.4,
+            linestyle=linestyles[name],
+            label=name,
+        )
     trained = [v for steps, losses in curves.values() for s, v in zip(steps, losses) if s > 0]
     shown = trained or [v for _, losses in curves.values() for v in losses]
     low, high = zoom_limits(shown)
@@ -169,9 +202,14 @@ def validation_loss(runs: list[Run], styles: dict[str, Style], base: float | Non
             ax.axhline(base, color=BASE_COLOR, linestyle="--", linewidth=1.0, label="base model (step 0)")
         else:
             where = "above" if base > high else "below"
-            ax.annotate(f"base model (step 0): {base:.5g}, {where} this range", (0.01, 0.98 if base > high else 0.02),
-                        xycoords="axes fraction", fontsize="small", va="top" if base > high else "bottom",
-                        color=BASE_COLOR)  # fmt: skip
+            ax.annotate(
+                f"base model (step 0): {base:.5g}, {where} this range",
+                (0.01, 0.98 if base > high else 0.02),
+                xycoords="axes fraction",
+                fontsize="small",
+                va="top" if base > high else "bottom",
+                color=BASE_COLOR,
+            )
     ax.set_ylim(low, high)
     _legend(ax, len(curves) + 1)
     return _png(fig)
@@ -180,7 +218,7 @@ def validation_loss(runs: list[Run], styles: dict[str, Style], base: float | Non
 def _per_t(record: dict) -> dict[float, float]:
     parsed = {}
     per_t = record.get("per_t")
-    for key, value in (per_t.items() if isinstance(per_t, dict) else ()):
+    for key, value in per_t.items() if isinstance(per_t, dict) else ():
         try:
             t = float(key)
         except ValueError:
@@ -207,14 +245,26 @@ def per_t_relative(runs: list[Run], standings: dict[str, Standing], styles: dict
         return None
     fig = _figure()
     ax = fig.add_subplot()
-    _style_axes(ax, "validation loss per t at each run's best step, change from the base model", "t",
-                "change from base model (%)")  # fmt: skip
+    _style_axes(
+        ax,
+        "validation loss per t at each run's best step, change from the base model",
+        "t",
+        "change from base model (%)",
+    )
     ax.axhline(0, color=BASE_COLOR, linestyle="--", linewidth=1.0, label="base model")
     linestyles = overlap_styles(found, styles)
     for name, (ts, change) in found.items():
         style = styles[name]
-        ax.plot(ts, change, color=style.color, marker=style.marker, markersize=6, linewidth=1.3,
-                linestyle=linestyles[name], label=name)  # fmt: skip
+        ax.plot(
+            ts,
+            change,
+            color=style.color,
+            marker=style.marker,
+            markersize=6,
+            linewidth=1.3,
+            linestyle=linestyles[name],
+            label=name,
+        )
     all_ts = sorted({t for ts, _ in found.values() for t in ts})
     ax.set_xticks(all_ts, [f"{t:g}" for t in all_ts])
     ax.set_ylim(*zoom_limits([c for _, change in found.values() for c in change]))
@@ -246,7 +296,7 @@ def t_densities(runs: list[Run], styles: dict[str, Style]) -> bytes | None:
         title = textwrap.fill(", ".join(names), 44)
         _style_axes(ax, title, "t", "density")
         ax.title.set_fontsize(8)
-    for ax in axes[len(groups):]:
+    for ax in axes[len(groups) :]:
         ax.set_visible(False)
     fig.suptitle("sampled training t (density; dotted: uniform); one panel per distinct histogram", fontsize=10)
     return _png(fig)

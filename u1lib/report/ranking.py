@@ -149,8 +149,10 @@ def t_grid(run: Run) -> tuple[float, ...]:
 
 def _describe(source, images: int | None, grid: tuple[float, ...]) -> str:
     count = f"{images} " if images is not None else ""
-    where = "training images (no held-out set: this measures fit, not generalisation)" if source == "train" else (
-        "held-out images" if source == "held-out" else "validation images"
+    where = (
+        "training images (no held-out set: this measures fit, not generalisation)"
+        if source == "train"
+        else ("held-out images" if source == "held-out" else "validation images")
     )
     ts = ", ".join(f"{t:g}" for t in grid) if grid else "?"
     return f"validation loss = x0-MSE on {count}{where} over the t grid [{ts}], lower is better"
@@ -181,5 +183,5 @@ def warmup_records(count: int) -> int:
 def steady_median(records: list[dict], key: str) -> float | None:
     """Median of ``key`` over the records after the warm-up; None when nothing is left."""
     values = [float(r[key]) for r in records if _finite(r.get(key))]
-    steady = values[warmup_records(len(values)):]
+    steady = values[warmup_records(len(values)) :]
     return statistics.median(steady) if steady else None

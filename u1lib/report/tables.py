@@ -113,16 +113,27 @@ def _status(s: Standing) -> str:
 
 
 def leaderboard_table(
-    standings: list[Standing], base: float | None, knobs: dict[str, dict], labels: dict[str, str],
+    standings: list[Standing],
+    base: float | None,
+    knobs: dict[str, dict],
+    labels: dict[str, str],
     styles: dict[str, Style],
-) -> Table:  # fmt: skip
+) -> Table:
     """Ranked runs, a column per grid knob, the base model's row in its place; differences are the
     run's best loss minus the reference (its own step-0 loss, or the leader's)."""
     best = next((s.best for s in standings if s.best is not None), None)
     decimals = loss_decimals([s.best for s in standings] + [s.final for s in standings] + [base])
     axes = list(dict.fromkeys(key for s in standings for key in knobs.get(s.name, {})))
-    headers = ["#", "variant", *axes, "validation loss (best, step)", "vs base model", "vs best", "last validation",
-               "status"]  # fmt: skip
+    headers = [
+        "#",
+        "variant",
+        *axes,
+        "validation loss (best, step)",
+        "vs base model",
+        "vs best",
+        "last validation",
+        "status",
+    ]
     loss_column = 2 + len(axes)
     rows, swatches, classes, highlight = [], [], [], set()
     placed_base = base is None
@@ -146,16 +157,18 @@ def leaderboard_table(
         if s.best is not None and s.best == best:
             highlight.add((len(rows), loss_column))
         own = knobs.get(s.name, {})
-        rows.append([
-            str(rank) if s.best is not None else MISSING,
-            s.name + (f"\n{labels[s.name]}" if labels.get(s.name) else ""),
-            *(fmt_value(own[axis]) if axis in own else "" for axis in axes),
-            f"{fmt_loss(s.best, decimals)} (step {s.best_step:,})" if s.best is not None else MISSING,
-            vs_base,
-            ("best" if s.best == best else fmt_delta(s.best - best, decimals)) if s.best is not None else MISSING,
-            fmt_loss(s.final, decimals),
-            _status(s),
-        ])
+        rows.append(
+            [
+                str(rank) if s.best is not None else MISSING,
+                s.name + (f"\n{labels[s.name]}" if labels.get(s.name) else ""),
+                *(fmt_value(own[axis]) if axis in own else "" for axis in axes),
+                f"{fmt_loss(s.best, decimals)} (step {s.best_step:,})" if s.best is not None else MISSING,
+                vs_base,
+                ("best" if s.best == best else fmt_delta(s.best - best, decimals)) if s.best is not None else MISSING,
+                fmt_loss(s.final, decimals),
+                _status(s),
+            ]
+        )
         swatches.append(styles[s.name].color)
         classes.append("")
     if not placed_base:
@@ -173,14 +186,17 @@ def effects_table(effects: dict[str, tuple[float, list[AxisValue]]]) -> Table:
         for position, v in enumerate(values):
             if position == 0:
                 highlight.add((len(rows), 1))
-            rows.append([
-                axis if position == 0 else "",
-                fmt_value(v.value),
-                str(len(v.variants)),
-                fmt_loss(v.mean, decimals),
-                fmt_loss(axis_mean, decimals) if position == 0 else "",
-                fmt_delta(v.effect, decimals) + (f" ({fmt_percent(100 * v.effect / axis_mean)})" if axis_mean else ""),
-            ])
+            rows.append(
+                [
+                    axis if position == 0 else "",
+                    fmt_value(v.value),
+                    str(len(v.variants)),
+                    fmt_loss(v.mean, decimals),
+                    fmt_loss(axis_mean, decimals) if position == 0 else "",
+                    fmt_delta(v.effect, decimals)
+                    + (f" ({fmt_percent(100 * v.effect / axis_mean)})" if axis_mean else ""),
+                ]
+            )
     headers = ["axis", "value", "variants", "mean validation loss", "axis mean", "effect (value − axis mean)"]
     return Table(headers, rows, numeric_columns={2, 3, 4, 5}, highlight=highlight)
 
@@ -192,9 +208,12 @@ def _link(text: str, path: Path | None, page_dir: Path) -> Link | None:
 def run_files(run: Run, page_dir: Path) -> tuple[Link, ...]:
     """Links to what the run wrote (only files that exist), relative to the page."""
     names = {
-        "adapter": "adapter.safetensors", "metrics": "metrics.json", "config": "config.json",
-        "train log": "train_log.jsonl", "val log": "val_log.jsonl",
-    }  # fmt: skip
+        "adapter": "adapter.safetensors",
+        "metrics": "metrics.json",
+        "config": "config.json",
+        "train log": "train_log.jsonl",
+        "val log": "val_log.jsonl",
+    }
     links = [_link(text, run.folder / name, page_dir) for text, name in names.items()]
     links.append(_link("job log", run.job_log, page_dir))
     return tuple(link for link in links if link is not None)
@@ -211,9 +230,19 @@ def runs_table(runs: list[Run], page_dir: Path, styles: dict[str, Style]) -> Tab
     """Speed, memory and files per run. s/step is the median after the warm-up (compilation and
     autotuning make the first steps slow, and a mean would charge them to every step)."""
     headers = [
-        "variant", "steps", "s/step (steady)", "images/s (steady)", "training time", "job wall time",
-        "peak GPU mem", "peak host RSS", "trainable params", "adapter size", "condition-dropped", "files",
-    ]  # fmt: skip
+        "variant",
+        "steps",
+        "s/step (steady)",
+        "images/s (steady)",
+        "training time",
+        "job wall time",
+        "peak GPU mem",
+        "peak host RSS",
+        "trainable params",
+        "adapter size",
+        "condition-dropped",
+        "files",
+    ]
     rows = []
     for run in runs:
         metrics = run.metrics
@@ -221,20 +250,22 @@ def runs_table(runs: list[Run], page_dir: Path, styles: dict[str, Style]) -> Tab
         seconds = metrics.get("wall_time_s")
         if not is_number(seconds) and run.train_log:
             seconds = sum(r["seconds"] for r in run.train_log if is_number(r.get("seconds")))
-        rows.append([
-            run.name,
-            fmt_number(metrics.get("steps", int(steps[-1]) if steps else None)),
-            fmt_number(steady_median(run.train_log, "seconds"), 3),
-            fmt_number(steady_median(run.train_log, "images_per_s"), 3),
-            fmt_duration(seconds),
-            fmt_duration(run.benchmark_s),
-            fmt_bytes(metrics.get("peak_gpu_mem_bytes")),
-            fmt_bytes(metrics.get("peak_host_rss_bytes")),
-            fmt_number(metrics.get("trainable_params")),
-            fmt_bytes(metrics.get("adapter_bytes")),
-            _dropout(metrics),
-            run_files(run, page_dir),
-        ])
+        rows.append(
+            [
+                run.name,
+                fmt_number(metrics.get("steps", int(steps[-1]) if steps else None)),
+                fmt_number(steady_median(run.train_log, "seconds"), 3),
+                fmt_number(steady_median(run.train_log, "images_per_s"), 3),
+                fmt_duration(seconds),
+                fmt_duration(run.benchmark_s),
+                fmt_bytes(metrics.get("peak_gpu_mem_bytes")),
+                fmt_bytes(metrics.get("peak_host_rss_bytes")),
+                fmt_number(metrics.get("trainable_params")),
+                fmt_bytes(metrics.get("adapter_bytes")),
+                _dropout(metrics),
+                run_files(run, page_dir),
+            ]
+        )
     return Table(headers, rows, numeric_columns=set(range(1, 10)), swatches=[styles[r.name].color for r in runs])
 
 

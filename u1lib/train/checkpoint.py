@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..io import read_json, read_jsonl, write_json, write_jsonl
+from u1lib.io import read_json, read_jsonl, write_json, write_jsonl
 
 PREFIX = "step-"
 LOG_NAMES = ("train_log.jsonl", "val_log.jsonl")
@@ -49,8 +49,12 @@ def save_checkpoint(root: Path, state: TrainState, keep: int) -> Path:
     final = root / f"{PREFIX}{state.step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.trainable.items()}, str(tmp / "trainable.safetensors"))
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.optimizer.items()}, str(tmp / "optimizer.safetensors"))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in state.trainable.items()}, str(tmp / "trainable.safetensors")
+        )
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in state.optimizer.items()}, str(tmp / "optimizer.safetensors")
+        )
         save_file({k: v.detach().cpu().contiguous() for k, v in state.ema.items()}, str(tmp / "ema.safetensors"))
         save_file({k: v.cpu().contiguous() for k, v in state.rng.items()}, str(tmp / "rng.safetensors"))
         write_json(tmp / "state.json", {"step": state.step, "optimizer_scalars": state.optimizer_scalars, **state.info})

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from .loop import train
-from .resume import ON_INCOMPATIBLE
+from u1lib.train.loop import train
+from u1lib.train.resume import ON_INCOMPATIBLE
 
 
 def cli(verb: str, argv: list[str]) -> int:
@@ -20,8 +20,12 @@ def cli(verb: str, argv: list[str]) -> int:
     parser.add_argument("--val-data", type=Path, help="val.parquet (default: the loss on a fixed subset of train)")
     parser.add_argument("--cache", type=Path, help="prefix cache dir (not needed with memory_mode online_prefix)")
     parser.add_argument("--run-dir", type=Path, required=True)
-    parser.add_argument("--on-incompatible", choices=ON_INCOMPATIBLE, default="refuse",
-                        help="checkpoints this run cannot continue from: refuse (default) or restart from scratch")  # fmt: skip
+    parser.add_argument(
+        "--on-incompatible",
+        choices=ON_INCOMPATIBLE,
+        default="refuse",
+        help="checkpoints this run cannot continue from: refuse (default) or restart from scratch",
+    )
     args = parser.parse_args(argv)
     try:
         raw = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
@@ -30,8 +34,14 @@ def cli(verb: str, argv: list[str]) -> int:
     if not isinstance(raw, dict) or not isinstance(raw.get("train", {}), dict):
         raise ValueError(f"{args.config}: expected a mapping with a `train:` section, e.g. `train: {{steps: 200}}`")
     train(
-        raw.get("train", {}), snapshot_dir=args.snapshot, manifest_path=args.manifest, train_parquet=args.train_data,
-        val_parquet=args.val_data, cache_dir=args.cache, run_dir=args.run_dir, prompt=raw.get("prompt"),
+        raw.get("train", {}),
+        snapshot_dir=args.snapshot,
+        manifest_path=args.manifest,
+        train_parquet=args.train_data,
+        val_parquet=args.val_data,
+        cache_dir=args.cache,
+        run_dir=args.run_dir,
+        prompt=raw.get("prompt"),
         on_incompatible=args.on_incompatible,
-    )  # fmt: skip
+    )
     return 0

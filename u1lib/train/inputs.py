@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from ..cache import PrefixCacheReader
-from ..data.reader import PackedDataset
+from u1lib.cache import PrefixCacheReader
+from u1lib.data.reader import PackedDataset
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +20,10 @@ def open_data(train_parquet: Path, val_parquet: Path | None) -> tuple[PackedData
     if not len(train_data):
         raise ValueError(f"{train_parquet}: no rows to train on; re-run pack on a folder with usable images")
     if val_parquet is None:
-        log.warning("no validation data given: the validation loss is measured on training images of %s, "
-                    "not held-out ones", train_parquet)  # fmt: skip
+        log.warning(
+            "no validation data given: the validation loss is measured on training images of %s, not held-out ones",
+            train_parquet,
+        )
         return train_data, PackedDataset(train_parquet), "train"  # own reader: the prefetch thread uses train's
     val_data = PackedDataset(val_parquet)
     if not len(val_data):
@@ -32,17 +34,22 @@ def open_data(train_parquet: Path, val_parquet: Path | None) -> tuple[PackedData
     return train_data, val_data, "held-out"
 
 
-def open_cache(cache_dir, *, manifest: dict, data: list[PackedDataset], device: torch.device,
-               dtype: torch.dtype) -> PrefixCacheReader:  # fmt: skip
+def open_cache(
+    cache_dir, *, manifest: dict, data: list[PackedDataset], device: torch.device, dtype: torch.dtype
+) -> PrefixCacheReader:
     """The prefix cache, checked to come from this model and to hold every row of ``data``."""
     if cache_dir is None:
-        raise ValueError("train.memory_mode resident reads prefixes from a cache: pass --cache DIR (built by "
-                         "`python -m u1lib cache`), or set train.memory_mode: online_prefix")  # fmt: skip
+        raise ValueError(
+            "train.memory_mode resident reads prefixes from a cache: pass --cache DIR (built by "
+            "`python -m u1lib cache`), or set train.memory_mode: online_prefix"
+        )
     reader = PrefixCacheReader(cache_dir, device=device, dtype=dtype)
     built_for = reader.info.get("model_manifest_hash")
     if built_for != manifest.get("manifest_hash"):
-        raise ValueError(f"prefix cache {cache_dir} was built for model manifest {built_for}, this run trains "
-                         f"{manifest.get('manifest_hash')}: rebuild the cache with this snapshot")  # fmt: skip
+        raise ValueError(
+            f"prefix cache {cache_dir} was built for model manifest {built_for}, this run trains "
+            f"{manifest.get('manifest_hash')}: rebuild the cache with this snapshot"
+        )
     missing = reader.missing([i for d in data for i in d.sample_ids])
     if missing:
         raise ValueError(reader.missing_message(missing))
@@ -52,5 +59,3 @@ def open_cache(cache_dir, *, manifest: dict, data: list[PackedDataset], device: 
 def dataset_record(data: PackedDataset) -> dict:
     """Which data an adapter was trained or validated on: a content fingerprint, not a path."""
     return {"file": data.path.name, "rows": len(data), "fingerprint": data.fingerprint()}
-
-

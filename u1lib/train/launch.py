@@ -9,15 +9,32 @@ from pathlib import Path
 
 import yaml
 
-from ..io import write_text
-from .loop import train
+from u1lib.io import write_text
+from u1lib.train.loop import train
 
 
-def run_training(settings: dict, *, gpus: int, snapshot_dir, manifest_path, train_parquet, val_parquet, cache_dir,
-                 run_dir, prompt=None, on_incompatible: str = "refuse") -> None:  # fmt: skip
+def run_training(
+    settings: dict,
+    *,
+    gpus: int,
+    snapshot_dir,
+    manifest_path,
+    train_parquet,
+    val_parquet,
+    cache_dir,
+    run_dir,
+    prompt=None,
+    on_incompatible: str = "refuse",
+) -> None:
     """``gpus`` > 1 starts one data-parallel rank per GPU (torchrun --standalone) on the same run folder."""
-    paths = dict(snapshot_dir=snapshot_dir, manifest_path=manifest_path, train_parquet=train_parquet,
-                 val_parquet=val_parquet, cache_dir=cache_dir, run_dir=run_dir)  # fmt: skip
+    paths = dict(
+        snapshot_dir=snapshot_dir,
+        manifest_path=manifest_path,
+        train_parquet=train_parquet,
+        val_parquet=val_parquet,
+        cache_dir=cache_dir,
+        run_dir=run_dir,
+    )
     if gpus <= 1:
         train(settings, prompt=prompt, on_incompatible=on_incompatible, **paths)
         return
@@ -25,8 +42,14 @@ def run_training(settings: dict, *, gpus: int, snapshot_dir, manifest_path, trai
     run_dir.mkdir(parents=True, exist_ok=True)
     config = run_dir / "launch.yaml"
     write_text(config, yaml.safe_dump({"train": settings, "prompt": prompt or {}}, sort_keys=True))
-    flags = {"--snapshot": snapshot_dir, "--manifest": manifest_path, "--train-data": train_parquet,
-             "--val-data": val_parquet, "--cache": cache_dir, "--run-dir": run_dir}  # fmt: skip
+    flags = {
+        "--snapshot": snapshot_dir,
+        "--manifest": manifest_path,
+        "--train-data": train_parquet,
+        "--val-data": val_parquet,
+        "--cache": cache_dir,
+        "--run-dir": run_dir,
+    }
     args = [str(a) for flag, value in flags.items() if value is not None for a in (flag, value)]
     args += ["--on-incompatible", on_incompatible]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]

@@ -16,44 +16,53 @@ from pathlib import Path
 
 import torch
 
-from ..cache import PrefixCacheReader
-from ..data.prompts import PromptSpec, load_tokenizer
-from ..data.reader import BucketBatchSampler
-from ..device import resolve_device, resolve_dtype
-from ..io import read_json, write_json
-from ..lora.adapter import make_trainable
-from ..lora.io import adapter_metadata, bake_lora, read_lora_file, save_adapter
-from ..lora.spec import TrainableSurface
-from ..model.loading import load_model
-from ..model.offload import apply_memory_plan
-from ..model.u1 import U1Model
-from ..prefix import PrefixEncoder
-from ..snapshot import require_verified
-from ..source_hash import code_hash
-from . import checkpoint as ckpt
-from .distributed import init_from_env
-from .inputs import open_cache, open_data
-from .metrics import THistogram
-from .objectives import flow_loss
-from .optim import lr_factor, make_optimizer
-from .prefetch import BatchPrefetcher
-from .prefixes import PrefixSource
-from .progress import TrainProgress
-from .resume import ON_INCOMPATIBLE, choose_checkpoint
-from .run_folder import TRAIN_LOG, VAL_LOG, RunLogs, run_lock
-from .settings import TrainSettings
-from .stop import TrainingInterrupted, stop_on_signals
-from .summary import run_metrics
-from .timesteps import sample_t
-from .validation import Validator
+from u1lib.cache import PrefixCacheReader
+from u1lib.data.prompts import PromptSpec, load_tokenizer
+from u1lib.data.reader import BucketBatchSampler
+from u1lib.device import resolve_device, resolve_dtype
+from u1lib.io import read_json, write_json
+from u1lib.lora.adapter import make_trainable
+from u1lib.lora.io import adapter_metadata, bake_lora, read_lora_file, save_adapter
+from u1lib.lora.spec import TrainableSurface
+from u1lib.model.loading import load_model
+from u1lib.model.offload import apply_memory_plan
+from u1lib.model.u1 import U1Model
+from u1lib.prefix import PrefixEncoder
+from u1lib.snapshot import require_verified
+from u1lib.source_hash import code_hash
+from u1lib.train import checkpoint as ckpt
+from u1lib.train.distributed import init_from_env
+from u1lib.train.inputs import open_cache, open_data
+from u1lib.train.metrics import THistogram
+from u1lib.train.objectives import flow_loss
+from u1lib.train.optim import lr_factor, make_optimizer
+from u1lib.train.prefetch import BatchPrefetcher
+from u1lib.train.prefixes import PrefixSource
+from u1lib.train.progress import TrainProgress
+from u1lib.train.resume import ON_INCOMPATIBLE, choose_checkpoint
+from u1lib.train.run_folder import TRAIN_LOG, VAL_LOG, RunLogs, run_lock
+from u1lib.train.settings import TrainSettings
+from u1lib.train.stop import TrainingInterrupted, stop_on_signals
+from u1lib.train.summary import run_metrics
+from u1lib.train.timesteps import sample_t
+from u1lib.train.validation import Validator
 
 log = logging.getLogger(__name__)
 
 # The lineage's code: what the training step imports, less what cannot change a checkpoint's
 # tensors or the history it carries (display, file plumbing, the run summary, the resume rule itself).
-LINEAGE_EXCLUDED = ("train/progress.py", "train/stop.py", "train/run_folder.py", "train/summary.py",
-                    "train/resume.py", "train/metrics.py", "io.py", "provenance.py", "source_hash.py",
-                    "snapshot.py")  # fmt: skip
+LINEAGE_EXCLUDED = (
+    "train/progress.py",
+    "train/stop.py",
+    "train/run_folder.py",
+    "train/summary.py",
+    "train/resume.py",
+    "train/metrics.py",
+    "io.py",
+    "provenance.py",
+    "source_hash.py",
+    "snapshot.py",
+)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -61,8 +70,19 @@ class NonFiniteLoss(RuntimeError):
 
 
 class Trainer:
-    def __init__(self, s: TrainSettings, *, snapshot_dir, manifest_path, train_parquet, val_parquet, cache_dir, run_dir,
-                 prompt=None, on_incompatible: str = "refuse"):  # fmt: skip
+    def __init__(
+        self,
+        s: TrainSettings,
+        *,
+        snapshot_dir,
+        manifest_path,
+        train_parquet,
+        val_parquet,
+        cache_dir,
+        run_dir,
+        prompt=None,
+        on_incompatible: str = "refuse",
+    ):
         if on_incompatible not in ON_INCOMPATIBLE:
             raise ValueError(f"on_incompatible {on_incompatible!r} is not one of {ON_INCOMPATIBLE}")
         self.s, self.run_dir, self.on_incompatible = s, Path(run_dir), on_incompatible
@@ -75,16 +95,26 @@ class Trainer:
         cache = None  # before the model loads: a cache that cannot serve fails fast
         if s.memory_mode == "resident":
             held_out = [self.val_data] if self.val_source == "held-out" else []
-            cache = open_cache(cache_dir, manifest=self.manifest, data=[self.train_data, *held_out],
-                               device=self.device, dtype=self.base_dtype)  # fmt: skip
+            cache = open_cache(
+                cache_dir,
+                manifest=self.manifest,
+                data=[self.train_data, *held_out],
+                device=self.device,
+                dtype=self.base_dtype,
+            )
         self.model = self._load_model(snapshot_dir)
         self.t_eps = self.model.config.t_eps if s.t_eps is None else s.t_eps
         self.baked = self._bake_upstream_lora()
         self.surface = TrainableSurface.resolve(s.lora, s.full_ft, self.model.config)
         torch.manual_seed(s.seed)  # adapter init
         self.trainable_names = make_trainable(self.model, self.surface, dropout=s.lora_dropout)
-        apply_memory_plan(self.model, checkpointing=s.checkpointing, keep_attention=s.keep_attention,
-                          swap_layers=s.swap_layers, compile=s.compile)  # after the surface: only frozen weights stream
+        apply_memory_plan(
+            self.model,
+            checkpointing=s.checkpointing,
+            keep_attention=s.keep_attention,
+            swap_layers=s.swap_layers,
+            compile=s.compile,
+        )  # after the surface: only frozen weights stream
         params = dict(self.model.named_parameters())
         self.params = [params[n] for n in self.trainable_names]
         self.optimizer = make_optimizer(self.params, s, self.device)
@@ -93,9 +123,14 @@ class Trainer:
         self.loader = BatchPrefetcher(self.train_data, pin_memory=self.device.type == "cuda")
         self.prefixes = self._prefix_source(cache, snapshot_dir, prompt)
         self.validator = Validator(
-            self.val_data, self.prefixes, t_values=s.val_t, seed=s.val_seed,
-            max_items=s.val_max_items, t_eps=self.t_eps, device=self.device,
-        )  # fmt: skip
+            self.val_data,
+            self.prefixes,
+            t_values=s.val_t,
+            seed=s.val_seed,
+            max_items=s.val_max_items,
+            t_eps=self.t_eps,
+            device=self.device,
+        )
         self.lineage = self._lineage(cache, prompt)
         self.logs = RunLogs(self.run_dir, writes=self.dist.is_main)
         self.generator = torch.Generator(device=self.device).manual_seed(s.seed)
@@ -209,12 +244,25 @@ class Trainer:
         prefix = self.prefixes.mixed(ids, dropped[part])
         with self.autocast():
             out = flow_loss(
-                self.model, images.to(self.device, non_blocking=True), prefix, t[part].to(self.device),
-                noise[part], loss_type=s.loss_type, t_eps=self.t_eps, huber_delta=s.huber_delta,
-            )  # fmt: skip
+                self.model,
+                images.to(self.device, non_blocking=True),
+                prefix,
+                t[part].to(self.device),
+                noise[part],
+                loss_type=s.loss_type,
+                t_eps=self.t_eps,
+                huber_delta=s.huber_delta,
+            )
         (out.loss / s.grad_accum).backward()
         self.t_hist.add(t)
-        return {"loss": out.loss.detach(), "x0_mse": out.x0_mse.mean(), "v_mse": out.v_mse.mean(), "t": t, "n": n, "dropped": sum(dropped)}
+        return {
+            "loss": out.loss.detach(),
+            "x0_mse": out.x0_mse.mean(),
+            "v_mse": out.v_mse.mean(),
+            "t": t,
+            "n": n,
+            "dropped": sum(dropped),
+        }
 
     def train_step(self) -> dict:
         s = self.s
@@ -250,10 +298,17 @@ class Trainer:
         self.dropped_total += dropped
         self.train_seconds += elapsed
         return {
-            "step": self.step, "loss": loss, "x0_mse": float(stats[1]), "v_mse": float(stats[2]),
-            "t": [round(v, 6) for p in parts for v in p["t"].tolist()], "lr": self.optimizer.param_groups[0]["lr"],
-            "grad_norm": float(grad_norm), "images_per_s": images / elapsed, "dropped": dropped, "seconds": elapsed,
-        }  # fmt: skip
+            "step": self.step,
+            "loss": loss,
+            "x0_mse": float(stats[1]),
+            "v_mse": float(stats[2]),
+            "t": [round(v, 6) for p in parts for v in p["t"].tolist()],
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "grad_norm": float(grad_norm),
+            "images_per_s": images / elapsed,
+            "dropped": dropped,
+            "seconds": elapsed,
+        }
 
     def validate(self) -> None:
         self.model.eval()
@@ -305,8 +360,19 @@ class Trainer:
         self.progress.finished(metrics, str(adapter_path))
         return metrics
 
-def train(settings: dict, *, snapshot_dir, manifest_path, train_parquet, val_parquet, cache_dir, run_dir, prompt=None,
-          on_incompatible: str = "refuse") -> dict:  # fmt: skip
+
+def train(
+    settings: dict,
+    *,
+    snapshot_dir,
+    manifest_path,
+    train_parquet,
+    val_parquet,
+    cache_dir,
+    run_dir,
+    prompt=None,
+    on_incompatible: str = "refuse",
+) -> dict:
     """Train (or resume) one run; writes adapter.safetensors, metrics.json, config.json and the logs.
 
     ``on_incompatible``: what to do with checkpoints this run cannot continue from (other settings,
@@ -319,9 +385,15 @@ def train(settings: dict, *, snapshot_dir, manifest_path, train_parquet, val_par
     lock = run_lock(run_dir) if init_from_env().is_main else contextlib.nullcontext()
     with lock:
         trainer = Trainer(
-            s, snapshot_dir=snapshot_dir, manifest_path=manifest_path, train_parquet=train_parquet,
-            val_parquet=val_parquet, cache_dir=cache_dir, run_dir=run_dir, prompt=prompt,
+            s,
+            snapshot_dir=snapshot_dir,
+            manifest_path=manifest_path,
+            train_parquet=train_parquet,
+            val_parquet=val_parquet,
+            cache_dir=cache_dir,
+            run_dir=run_dir,
+            prompt=prompt,
             on_incompatible=on_incompatible,
-        )  # fmt: skip
+        )
         trainer.fit()
         return trainer.save({"train": s.to_dict(), "prompt": prompt or {}})

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..model.embedders import patchify
-from ..model.u1 import PrefixKV, U1Model
+from u1lib.model.embedders import patchify
+from u1lib.model.u1 import PrefixKV, U1Model
 
 LOSS_TYPES = ("x0", "v", "huber_x0", "huber_v")
 

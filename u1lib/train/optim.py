@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .settings import TrainSettings
+from u1lib.train.settings import TrainSettings
 
 
 def lr_factor(step: int, s: TrainSettings) -> float:

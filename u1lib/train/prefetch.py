@@ -10,7 +10,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
-from ..data.reader import PackedDataset
+from u1lib.data.reader import PackedDataset
 
 
 class BatchPrefetcher:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..cache import PrefixCacheReader
-from ..model.u1 import PrefixKV
-from ..prefix import UNCOND_ID, PrefixEncoder
+from u1lib.cache import PrefixCacheReader
+from u1lib.model.u1 import PrefixKV
+from u1lib.prefix import UNCOND_ID, PrefixEncoder
 
 
 class PrefixSource:

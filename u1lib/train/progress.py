@@ -46,7 +46,14 @@ class TrainProgress:
     def finished(self, metrics: dict, adapter: str) -> None:
         val = ""
         if metrics.get("initial_val_loss") is not None and metrics.get("final_val_loss") is not None:
-            val = (f"; val {metrics['initial_val_loss']:.4f} -> {metrics['final_val_loss']:.4f} "
-                   f"(best {metrics['best_val_loss']:.4f} at step {metrics['best_val_step']})")  # fmt: skip
-        log.info("done: %d steps, %s of training%s; adapter %s",
-                 metrics["steps"], _minutes(metrics["wall_time_s"]), val, adapter)  # fmt: skip
+            val = (
+                f"; val {metrics['initial_val_loss']:.4f} -> {metrics['final_val_loss']:.4f} "
+                f"(best {metrics['best_val_loss']:.4f} at step {metrics['best_val_step']})"
+            )
+        log.info(
+            "done: %d steps, %s of training%s; adapter %s",
+            metrics["steps"],
+            _minutes(metrics["wall_time_s"]),
+            val,
+            adapter,
+        )

@@ -13,8 +13,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import checkpoint as ckpt
-from .settings import TrainSettings
+from u1lib.train import checkpoint as ckpt
+from u1lib.train.settings import TrainSettings
 
 ON_INCOMPATIBLE = ("refuse", "restart")
 ASIDE = "checkpoints.previous"
@@ -36,8 +36,12 @@ def lineage_differences(saved: dict, now: dict) -> list[str]:
         for k, v in now["settings"].items()
         if saved_settings.get(k) != v
     ]
-    labels = {"model": "base model manifest", "data": "training data", "prompt": "prompt template/trigger",
-              "engine": "engine code"}  # fmt: skip
+    labels = {
+        "model": "base model manifest",
+        "data": "training data",
+        "prompt": "prompt template/trigger",
+        "engine": "engine code",
+    }
     differ += [f"{labels[k]}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in labels if saved.get(k) != now[k]]
     return differ
 
@@ -76,8 +80,10 @@ def choose_checkpoint(folder: Path, lineage: dict, steps: int, on_incompatible: 
         set_aside(folder, later, f"train.steps is {steps}: resuming from step {earlier.step}")
         return earlier
     kept = ", ".join(str(ckpt.checkpoint_step(p)) for p in ckpt.list_checkpoints(folder))
-    why = (f"{folder} holds checkpoints at steps {kept}, past train.steps {steps}, and none at or before it; "
-           "a run delivers exactly the steps asked for")  # fmt: skip
+    why = (
+        f"{folder} holds checkpoints at steps {kept}, past train.steps {steps}, and none at or before it; "
+        "a run delivers exactly the steps asked for"
+    )
     fix = f"Ask for at least {newest.step} steps to continue that run, or start over"
     return _refuse_or_restart(folder, why, fix, on_incompatible)
 

@@ -17,8 +17,8 @@ import socket
 from pathlib import Path
 from typing import Iterator
 
-from ..io import append_jsonl, read_jsonl, write_jsonl
-from .checkpoint import LOG_NAMES
+from u1lib.io import append_jsonl, read_jsonl, write_jsonl
+from u1lib.train.checkpoint import LOG_NAMES
 
 TRAIN_LOG, VAL_LOG = LOG_NAMES
 

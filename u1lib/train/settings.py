@@ -6,9 +6,9 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
-from ..settings import from_section
-from .objectives import LOSS_TYPES
-from .timesteps import T_DISTS
+from u1lib.settings import from_section
+from u1lib.train.objectives import LOSS_TYPES
+from u1lib.train.timesteps import T_DISTS
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,19 @@ class TrainSettings:
     # settings that may change between a checkpoint and its resume without changing the math
     # (memory and speed modes are tested to give the same numbers, so they may change too); steps
     # only while the schedule does not depend on it
-    RESUMABLE_CHANGES = ("steps", "val_every", "ckpt_every", "keep_checkpoints", "log_every", "device",
-                         "memory_mode", "checkpointing", "swap_layers", "keep_attention", "compile")  # fmt: skip
+    RESUMABLE_CHANGES = (
+        "steps",
+        "val_every",
+        "ckpt_every",
+        "keep_checkpoints",
+        "log_every",
+        "device",
+        "memory_mode",
+        "checkpointing",
+        "swap_layers",
+        "keep_attention",
+        "compile",
+    )
 
     def __post_init__(self):
         problems = []

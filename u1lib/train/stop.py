@@ -28,8 +28,9 @@ class StopRequest:
         if self.signal_name is not None:
             raise KeyboardInterrupt  # the second signal: stop now
         self.signal_name = signal.Signals(signum).name
-        log.warning("%s: stopping after this step and saving a checkpoint (send it again to stop at once)",
-                    self.signal_name)  # fmt: skip
+        log.warning(
+            "%s: stopping after this step and saving a checkpoint (send it again to stop at once)", self.signal_name
+        )
 
 
 @contextlib.contextmanager

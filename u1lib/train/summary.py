@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..provenance import git_commit, versions
-from .inputs import dataset_record
-from .metrics import device_name, peak_gpu_bytes, peak_host_rss_bytes
-from .run_folder import TRAIN_LOG, VAL_LOG
+from u1lib.provenance import git_commit, versions
+from u1lib.train.inputs import dataset_record
+from u1lib.train.metrics import device_name, peak_gpu_bytes, peak_host_rss_bytes
+from u1lib.train.run_folder import TRAIN_LOG, VAL_LOG
 
 if TYPE_CHECKING:
-    from .loop import Trainer
+    from u1lib.train.loop import Trainer
 
 
 def run_metrics(t: "Trainer") -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..model.sampling import shift_t
+from u1lib.model.sampling import shift_t
 
 T_DISTS = ("uniform", "logit_normal")
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import torch
 
-from ..data.reader import PackedDataset
-from ..model.u1 import U1Model
-from .distributed import Dist
-from .objectives import flow_loss
+from u1lib.data.reader import PackedDataset
+from u1lib.model.u1 import U1Model
+from u1lib.train.distributed import Dist
+from u1lib.train.objectives import flow_loss
 
 
 class Validator:
@@ -33,9 +33,14 @@ class Validator:
             prefix = self.prefixes.cond(ids).repeat(n_t)  # read (or computed) once for the whole t grid
             with autocast():
                 out = flow_loss(
-                    model, images, prefix, self.t_values.to(self.device), noise.to(self.device),
-                    loss_type="x0", t_eps=self.t_eps,
-                )  # fmt: skip
+                    model,
+                    images,
+                    prefix,
+                    self.t_values.to(self.device),
+                    noise.to(self.device),
+                    loss_type="x0",
+                    t_eps=self.t_eps,
+                )
             sums[0] += out.x0_mse.double().cpu()
             sums[1] += out.v_mse.double().cpu()
         sums = dist.all_reduce_sum(sums) / max(1, len(self.indices))

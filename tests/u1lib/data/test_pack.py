@@ -17,7 +17,7 @@ from u1lib.data.pack import ROW_GROUP_SIZE, PackError, cli, inspect_data, pack, 
 from u1lib.data.schema import PACKED_SCHEMA
 from u1lib.data.sources import SourceError, sample_id_problem
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SPEC = BucketSpec("area", 64 * 64, 8)  # buckets 64x64, 72x56, 56x72, ... up to 128x32
 
 
@@ -101,10 +101,14 @@ def parquet_source(path: Path, records: list[dict], schema: pa.Schema | None = N
 
 def source_records(count: int = 6) -> list[dict]:
     return [
-        {"sample_id": f"p{i}", "caption": f"photo {i}", "think": "because" if i == 0 else None,
-         "image": image_bytes((80 + 10 * i, 60), (30 * i, 10, 10), "PNG")}
+        {
+            "sample_id": f"p{i}",
+            "caption": f"photo {i}",
+            "think": "because" if i == 0 else None,
+            "image": image_bytes((80 + 10 * i, 60), (30 * i, 10, 10), "PNG"),
+        }
         for i in range(count)
-    ]  # fmt: skip
+    ]
 
 
 def test_parquet_source_output_does_not_depend_on_row_order(tmp_path):
@@ -167,11 +171,18 @@ def add_bad_items(src: Path) -> dict[str, str]:
     (src / "__uncond__.png").write_bytes(image_bytes(fmt="PNG"))
     (src / "__uncond__.txt").write_text("reserved", encoding="utf-8")
     return {
-        "nocap.jpg": "missing caption", "emptycap.jpg": "empty caption", "latin1.jpg": "caption is not UTF-8",
-        "dup.jpg": "duplicate id", "dup.png": "duplicate id", "broken.jpg": "truncated or corrupt image",
-        "zero.png": "empty file", "tiny.png": "too small", "orphan.txt": "caption without image",
-        "inject.png": "template token in caption", "__uncond__.png": "reserved sample_id",
-    }  # fmt: skip
+        "nocap.jpg": "missing caption",
+        "emptycap.jpg": "empty caption",
+        "latin1.jpg": "caption is not UTF-8",
+        "dup.jpg": "duplicate id",
+        "dup.png": "duplicate id",
+        "broken.jpg": "truncated or corrupt image",
+        "zero.png": "empty file",
+        "tiny.png": "too small",
+        "orphan.txt": "caption without image",
+        "inject.png": "template token in caption",
+        "__uncond__.png": "reserved sample_id",
+    }
 
 
 def test_bad_items_are_skipped_with_reasons(tmp_path, capsys):
@@ -291,8 +302,22 @@ def test_large_images_are_downscaled_and_small_ones_upscaled_and_flagged(tmp_pat
 
 def test_cli_pack_and_inspect(tmp_path, capsys):
     src = make_folder(tmp_path / "src", count=4)
-    code = cli("pack", [str(src), "--out-dir", str(tmp_path / "out"), "--buckets", "area:4096", "--token-size", "8",
-                        "--val-count", "1", "--split-seed", "7"])  # fmt: skip
+    code = cli(
+        "pack",
+        [
+            str(src),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--buckets",
+            "area:4096",
+            "--token-size",
+            "8",
+            "--val-count",
+            "1",
+            "--split-seed",
+            "7",
+        ],
+    )
     assert code == 0
     assert json.loads((tmp_path / "out" / "stats.json").read_text())["split"]["split_seed"] == 7
     capsys.readouterr()
@@ -344,10 +369,17 @@ def test_pack_to_one_file(tmp_path):
 
 # accented Latin, CJK, emoji (ZWJ sequence, variation selector), RTL, spaces, mixed
 UNICODE_NAMES = [
-    "caf\u00e9", "\u00f1and\u00fa cr\u00e8me", "\u732b\u306e\u5199\u771f", "\U0001f408\u200d\u2b1b",
-    "\u2764\ufe0f fire", "\u0635\u0648\u0631\u0629", "\u05ea\u05de\u05d5\u05e0\u05d4 1", "two  words",
-    "Mix\u00e9 \u732b \U0001f600 \u05d0", "\u1e9b\u0323 dot",
-]  # fmt: skip
+    "caf\u00e9",
+    "\u00f1and\u00fa cr\u00e8me",
+    "\u732b\u306e\u5199\u771f",
+    "\U0001f408\u200d\u2b1b",
+    "\u2764\ufe0f fire",
+    "\u0635\u0648\u0631\u0629",
+    "\u05ea\u05de\u05d5\u05e0\u05d4 1",
+    "two  words",
+    "Mix\u00e9 \u732b \U0001f600 \u05d0",
+    "\u1e9b\u0323 dot",
+]
 
 
 def nfd(name: str) -> str:
@@ -422,6 +454,7 @@ def test_file_names_that_are_not_utf8_are_skipped_and_reported_readably(tmp_path
     stats = pack(src, tmp_path / "out", buckets=SPEC)
     assert stats["counts"]["usable"] == 2
     assert sorted((s["file"], s["reason"]) for s in stats["skipped"]) == [
-        ("caf\\xe9.png", "file name is not UTF-8"), ("caf\\xe9.txt", "file name is not UTF-8"),
-    ]  # fmt: skip
+        ("caf\\xe9.png", "file name is not UTF-8"),
+        ("caf\\xe9.txt", "file name is not UTF-8"),
+    ]
     assert json.loads((tmp_path / "out" / "stats.json").read_bytes().decode("utf-8")) == stats

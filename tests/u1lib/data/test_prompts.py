@@ -14,7 +14,7 @@ from u1lib.data.prompts import (
     special_token_id,
 )
 
-GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden_u1_tiny_a"
+GOLDEN = Path(__file__).resolve().parents[2] / "data" / "golden_u1_tiny_a"
 PROMPTS = json.loads((GOLDEN / "prompts.json").read_text(encoding="utf-8"))
 CHAT_TAIL = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
 
@@ -48,12 +48,17 @@ def test_encode_never_adds_bos_or_eos(tmp_path):
     config = json.loads((GOLDEN / "tokenizer.json").read_text())
     config["post_processor"] = {
         "type": "TemplateProcessing",
-        "single": [{"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                   {"SpecialToken": {"id": "<|im_end|>", "type_id": 0}}],
+        "single": [
+            {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}},
+            {"Sequence": {"id": "A", "type_id": 0}},
+            {"SpecialToken": {"id": "<|im_end|>", "type_id": 0}},
+        ],
         "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
-        "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [128], "tokens": ["<|endoftext|>"]},
-                           "<|im_end|>": {"id": "<|im_end|>", "ids": [130], "tokens": ["<|im_end|>"]}},
-    }  # fmt: skip
+        "special_tokens": {
+            "<|endoftext|>": {"id": "<|endoftext|>", "ids": [128], "tokens": ["<|endoftext|>"]},
+            "<|im_end|>": {"id": "<|im_end|>", "ids": [130], "tokens": ["<|im_end|>"]},
+        },
+    }
     (tmp_path / "tokenizer.json").write_text(json.dumps(config))
     with_processor = load_tokenizer(tmp_path)
     assert with_processor.encode("a red fox")[0] == 128  # the processor is live ...
@@ -62,10 +67,17 @@ def test_encode_never_adds_bos_or_eos(tmp_path):
 
 def test_tokenizer_config_gives_names_but_never_a_class(tmp_path):
     shutil.copy(GOLDEN / "tokenizer.json", tmp_path / "tokenizer.json")
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "Qwen2Tokenizer", "auto_map": {"AutoTokenizer": ["remote.Tok", None]},
-        "eos_token": "<|im_end|>", "pad_token": {"content": "<|endoftext|>"}, "bos_token": None,
-    }))  # fmt: skip
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "Qwen2Tokenizer",
+                "auto_map": {"AutoTokenizer": ["remote.Tok", None]},
+                "eos_token": "<|im_end|>",
+                "pad_token": {"content": "<|endoftext|>"},
+                "bos_token": None,
+            }
+        )
+    )
     tokenizer = load_tokenizer(tmp_path)
     assert (tokenizer.eos_token, tokenizer.pad_token, tokenizer.bos_token) == ("<|im_end|>", "<|endoftext|>", None)
     assert encode(tokenizer, UNCOND_TEXT) == [129, 122, 130, 129, 44, 133]

@@ -13,10 +13,21 @@ from u1lib.train.loop import NonFiniteLoss, train
 from u1lib.train.resume import IncompatibleCheckpoint
 
 BASE = {
-    "steps": 6, "batch_size": 2, "lr": 2e-3, "lora": "attn=r4a4;mlp=r4a4", "full_ft": [r"fm_modules\.fm_head\.2\..*"],
-    "val_every": 3, "ckpt_every": 2, "log_every": 100, "val_max_items": 2, "ema": 0.9, "cond_dropout": 0.3,
-    "t_dist": "logit_normal", "warmup_steps": 2, "schedule": "cosine",
-}  # fmt: skip
+    "steps": 6,
+    "batch_size": 2,
+    "lr": 2e-3,
+    "lora": "attn=r4a4;mlp=r4a4",
+    "full_ft": [r"fm_modules\.fm_head\.2\..*"],
+    "val_every": 3,
+    "ckpt_every": 2,
+    "log_every": 100,
+    "val_max_items": 2,
+    "ema": 0.9,
+    "cond_dropout": 0.3,
+    "t_dist": "logit_normal",
+    "warmup_steps": 2,
+    "schedule": "cosine",
+}
 
 
 class Killed(BaseException):
@@ -115,9 +126,9 @@ def test_outputs_and_adapter_metadata(tiny_workspace, tmp_path):
     assert len(lora.triples) == 2 * 7  # 2 layers x (q, k, v, o, gate, up, down)
     record = read_jsonl(run / "train_log.jsonl")[0]
     assert {"step", "loss", "x0_mse", "v_mse", "t", "lr", "grad_norm", "images_per_s", "dropped"} <= record.keys()
-    assert metrics["trainable_params"] == sum(
-        d.numel() + u.numel() for d, u, _ in lora.triples.values()
-    ) + sum(t.numel() for t in lora.full.values())
+    assert metrics["trainable_params"] == sum(d.numel() + u.numel() for d, u, _ in lora.triples.values()) + sum(
+        t.numel() for t in lora.full.values()
+    )
     assert read_json(run / "config.json")["train"]["loss_type"] == "x0"
 
 
@@ -137,7 +148,9 @@ def test_200_steps_lower_validation_loss_and_change_samples(tiny_workspace, tmp_
     settings = {"seeds": [0], "steps": 8, "width": 64, "height": 64}
     common = {"snapshot_dir": tiny_workspace["snapshot_dir"], "prompts": prompts, "settings": settings}
     sample_variant(adapter=None, out_dir=tmp_path / "base", variant="base", **common)
-    sample_variant(adapter=tmp_path / "run" / "adapter.safetensors", out_dir=tmp_path / "lora", variant="lora", **common)
+    sample_variant(
+        adapter=tmp_path / "run" / "adapter.safetensors", out_dir=tmp_path / "lora", variant="lora", **common
+    )
     from u1lib.data.reader import load_image_tensor
 
     base = load_image_tensor((tmp_path / "base" / "cat_seed0.png").read_bytes())
@@ -184,7 +197,9 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tiny_workspace, 
 
 def test_restart_policy_moves_stale_checkpoints_aside(tiny_workspace, tmp_path, monkeypatch):
     """The workflow's policy: a rerun caused by changed settings starts over instead of failing."""
-    paths = {k: tiny_workspace[k] for k in ("snapshot_dir", "manifest_path", "train_parquet", "val_parquet", "cache_dir")}
+    paths = {
+        k: tiny_workspace[k] for k in ("snapshot_dir", "manifest_path", "train_parquet", "val_parquet", "cache_dir")
+    }
     with monkeypatch.context() as patch:
         _kill_at_call(patch, 4)
         with pytest.raises(Killed):

@@ -54,17 +54,27 @@ def test_measure_rejects_bad_settings():
 
 def test_cli_smoke_on_cpu(golden_dir, tmp_path, capsys):
     plan = [
-        {"measure": "train", "size": 16, "batch": 2, "prefix": 6, "prefix_spread": 2, "lora": "attn=r4a4",
-         "warmup": 1, "iters": 2},
+        {
+            "measure": "train",
+            "size": 16,
+            "batch": 2,
+            "prefix": 6,
+            "prefix_spread": 2,
+            "lora": "attn=r4a4",
+            "warmup": 1,
+            "iters": 2,
+        },
         {"measure": "train", "size": 16, "prefix": 6, "lora": "attn=r4a4", "swap_layers": 2, "warmup": 1, "iters": 1},
         {"measure": "sample", "size": 16, "prefix": 6, "steps": 2, "iters": 1},
         {"measure": "prefix", "batch": 3, "prefix": 7, "warmup": 1, "iters": 2},
         {"measure": "train", "size": 18, "iters": 1},
-    ]  # fmt: skip
+    ]
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     out = tmp_path / "bench.json"
-    code = cli("bench", ["--plan", str(tmp_path / "plan.json"), "--config", str(golden_dir), "--device", "cpu",
-                         "--out", str(out)])  # fmt: skip
+    code = cli(
+        "bench",
+        ["--plan", str(tmp_path / "plan.json"), "--config", str(golden_dir), "--device", "cpu", "--out", str(out)],
+    )
     record = json.loads(out.read_text())
     assert code == 1  # the last measure fails (18 px is no multiple of the 4 px token) and says so
     results = record["results"]

@@ -6,20 +6,29 @@ import json
 
 import pytest
 
+from tests.conftest import CONFIG_8B
 from u1lib.lora.spec import SpecError, TrainableSurface, resolve_spec
 from u1lib.model.config import ConfigError, U1Config
 from u1lib.model.keys import group_counts, parameter_shapes
 from u1lib.model.loading import meta_model
-from tests.conftest import CONFIG_8B
 
 
 @pytest.fixture(scope="module")
 def a3b_config(tmp_path_factory) -> U1Config:
     """docs/MODEL.md section 9: hidden 2048, 48 layers, 32/4 heads, 128 und experts and 32 gen experts of width 768."""
     raw = json.loads(CONFIG_8B.read_text())
-    raw["llm_config"].update(hidden_size=2048, num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4,
-                             num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768,
-                             gen_num_experts=32, gen_moe_intermediate_size=768, rope_theta=1e7)  # fmt: skip
+    raw["llm_config"].update(
+        hidden_size=2048,
+        num_hidden_layers=48,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        num_experts=128,
+        num_experts_per_tok=8,
+        moe_intermediate_size=768,
+        gen_num_experts=32,
+        gen_moe_intermediate_size=768,
+        rope_theta=1e7,
+    )
     raw["vision_config"]["llm_hidden_size"] = 2048
     path = tmp_path_factory.mktemp("a3b") / "config.json"
     path.write_text(json.dumps(raw))

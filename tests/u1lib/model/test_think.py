@@ -125,8 +125,15 @@ def records(model, golden, **options) -> list[dict]:
     inputs, _, meta = golden
     cond, uncond = model.prefix(inputs["prefix.cond.input_ids"]), model.prefix(inputs["prefix.uncond.input_ids"])
     steps = []
-    euler_sample(model, cond, uncond, inputs["sample.init_noise"], steps=meta["sampler"]["num_steps"],
-                 observer=lambda i, record: steps.append(record), **options)  # fmt: skip
+    euler_sample(
+        model,
+        cond,
+        uncond,
+        inputs["sample.init_noise"],
+        steps=meta["sampler"]["num_steps"],
+        observer=lambda i, record: steps.append(record),
+        **options,
+    )
     return steps
 
 

@@ -16,9 +16,18 @@ import yaml
 from u1lib.io import read_jsonl
 from u1lib.train.launch import run_training
 
-ROOT = Path(__file__).resolve().parents[2]
-SETTINGS = {"steps": 4, "batch_size": 2, "lr": 2e-3, "lora": "attn=r4a4", "val_every": 2, "ckpt_every": 2,
-            "val_max_items": 2, "log_every": 100, "cond_dropout": 0.5}  # fmt: skip
+ROOT = Path(__file__).resolve().parents[3]
+SETTINGS = {
+    "steps": 4,
+    "batch_size": 2,
+    "lr": 2e-3,
+    "lora": "attn=r4a4",
+    "val_every": 2,
+    "ckpt_every": 2,
+    "val_max_items": 2,
+    "log_every": 100,
+    "cond_dropout": 0.5,
+}
 
 
 def _paths(ws) -> dict:
@@ -35,9 +44,29 @@ def _free_port() -> int:
 def _launch(ws, run_dir: Path, nproc: int, settings: dict):
     config = run_dir.parent / f"{run_dir.name}.yaml"
     config.write_text(yaml.safe_dump({"train": settings}))
-    args = ["--snapshot", ws["snapshot_dir"], "--manifest", ws["manifest_path"], "--train-data", ws["train_parquet"],
-            "--val-data", ws["val_parquet"], "--cache", ws["cache_dir"], "--run-dir", run_dir]  # fmt: skip
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(_free_port())]
+    args = [
+        "--snapshot",
+        ws["snapshot_dir"],
+        "--manifest",
+        ws["manifest_path"],
+        "--train-data",
+        ws["train_parquet"],
+        "--val-data",
+        ws["val_parquet"],
+        "--cache",
+        ws["cache_dir"],
+        "--run-dir",
+        run_dir,
+    ]
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_port",
+        str(_free_port()),
+    ]
     cmd = [*launcher, "-m", "u1lib", "train", str(config), *map(str, args)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

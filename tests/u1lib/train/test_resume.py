@@ -21,10 +21,19 @@ from u1lib.train.run_folder import RunFolderBusy, run_lock
 from u1lib.train.stop import TrainingInterrupted
 
 CONSTANT = {
-    "steps": 6, "batch_size": 2, "lr": 2e-3, "lora": "attn=r4a4;mlp=r4a4", "val_every": 2, "ckpt_every": 2,
-    "log_every": 100, "val_max_items": 2, "cond_dropout": 0.3, "schedule": "constant", "warmup_steps": 2,
+    "steps": 6,
+    "batch_size": 2,
+    "lr": 2e-3,
+    "lora": "attn=r4a4;mlp=r4a4",
+    "val_every": 2,
+    "ckpt_every": 2,
+    "log_every": 100,
+    "val_max_items": 2,
+    "cond_dropout": 0.3,
+    "schedule": "constant",
+    "warmup_steps": 2,
     "keep_checkpoints": 5,
-}  # fmt: skip
+}
 PATHS = ("snapshot_dir", "manifest_path", "train_parquet", "val_parquet", "cache_dir")
 
 
@@ -89,9 +98,10 @@ def test_history_deleted_with_a_failed_job_comes_back_on_resume(tiny_workspace, 
     _run(tiny_workspace, run)
     assert _history(run) == _history(straight / "six")
     assert read_jsonl(run / "val_log.jsonl")[0]["step"] == 0  # the base model's validation survives
-    assert read_lora_file(run / "adapter.safetensors").triples.keys() == read_lora_file(
-        straight / "six" / "adapter.safetensors"
-    ).triples.keys()
+    assert (
+        read_lora_file(run / "adapter.safetensors").triples.keys()
+        == read_lora_file(straight / "six" / "adapter.safetensors").triples.keys()
+    )
 
 
 def test_fewer_steps_resume_from_an_earlier_checkpoint_and_deliver_exactly_them(tiny_workspace, straight, tmp_path):
@@ -110,8 +120,9 @@ def test_fewer_steps_than_any_kept_checkpoint_refuse_on_the_cli_and_restart_in_t
     _run(tiny_workspace, run, keep_checkpoints=1)  # only step-6 is kept
     with pytest.raises(IncompatibleCheckpoint, match=r"past train\.steps 3.*at least 6 steps"):
         _run(tiny_workspace, run, steps=3, keep_checkpoints=1)
-    metrics = train({**CONSTANT, "steps": 3}, run_dir=run, on_incompatible="restart",
-                    **{k: tiny_workspace[k] for k in PATHS})  # fmt: skip
+    metrics = train(
+        {**CONSTANT, "steps": 3}, run_dir=run, on_incompatible="restart", **{k: tiny_workspace[k] for k in PATHS}
+    )
     assert metrics["steps"] == 3 and _steps_of(run) == [1, 2, 3]
     assert read_lora_file(run / "adapter.safetensors").metadata["u1lib.step"] == "3"
 
@@ -148,16 +159,21 @@ def test_a_signal_stops_at_the_step_boundary_with_a_checkpoint(tiny_workspace, s
 def test_a_second_process_on_one_run_folder_is_refused_and_a_killed_one_releases_it(tmp_path):
     run = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import sys, time
             from pathlib import Path
             from u1lib.train.run_folder import run_lock
             with run_lock(Path({str(run)!r})):
                 print("locked", flush=True)
                 time.sleep(60)
-        """)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunFolderBusy, match=rf"in use by training process {holder.pid}"):
@@ -177,10 +193,16 @@ def test_empty_validation_data_is_refused_and_missing_validation_is_recorded(tin
     table = pq.read_table(tiny_workspace["val_parquet"])
     pq.write_table(table.slice(0, 0), empty)
     with pytest.raises(ValueError, match=r"empty\.parquet: no rows, so there is nothing to validate on"):
-        train({**CONSTANT, "steps": 1}, run_dir=tmp_path / "a",
-              **{**{k: tiny_workspace[k] for k in PATHS}, "val_parquet": empty})  # fmt: skip
-    metrics = train({**CONSTANT, "steps": 1}, run_dir=tmp_path / "b",
-                    **{**{k: tiny_workspace[k] for k in PATHS}, "val_parquet": None})  # fmt: skip
+        train(
+            {**CONSTANT, "steps": 1},
+            run_dir=tmp_path / "a",
+            **{**{k: tiny_workspace[k] for k in PATHS}, "val_parquet": empty},
+        )
+    metrics = train(
+        {**CONSTANT, "steps": 1},
+        run_dir=tmp_path / "b",
+        **{**{k: tiny_workspace[k] for k in PATHS}, "val_parquet": None},
+    )
     assert metrics["dataset"]["validation"]["source"] == "train"
     assert metrics["dataset"]["train"]["fingerprint"] == metrics["dataset"]["validation"]["fingerprint"]
 
@@ -196,8 +218,11 @@ def test_a_cache_without_the_validation_rows_fails_before_the_model_loads(tiny_w
 
     monkeypatch.setattr(loop, "load_model", no_load)
     with pytest.raises(ValueError, match=r"built from train\.parquet without sample\(s\) '[^']+', '[^']+': rebuild"):
-        train({**CONSTANT, "steps": 1}, run_dir=tmp_path / "run",
-              **{**{k: ws[k] for k in PATHS}, "cache_dir": tmp_path / "cache"})  # fmt: skip
+        train(
+            {**CONSTANT, "steps": 1},
+            run_dir=tmp_path / "run",
+            **{**{k: ws[k] for k in PATHS}, "cache_dir": tmp_path / "cache"},
+        )
 
 
 def test_metrics_name_the_data_the_adapter_was_trained_on(tiny_workspace, tmp_path):

@@ -21,9 +21,18 @@ from u1lib.data.images import BadItem
 def test_official_buckets_match_the_model_card():
     names = [b.name for b in BucketSpec("official").buckets()]
     assert names == [
-        "2048x2048", "2720x1536", "1536x2720", "2496x1664", "1664x2496", "2368x1760",
-        "1760x2368", "2880x1440", "1440x2880", "3456x1152", "1152x3456",
-    ]  # fmt: skip
+        "2048x2048",
+        "2720x1536",
+        "1536x2720",
+        "2496x1664",
+        "1664x2496",
+        "2368x1760",
+        "1760x2368",
+        "2880x1440",
+        "1440x2880",
+        "3456x1152",
+        "1152x3456",
+    ]
     for width, height in OFFICIAL_8B_BUCKETS:
         assert width % 32 == 0 and height % 32 == 0
         assert abs(width * height / 2048**2 - 1) < 0.06

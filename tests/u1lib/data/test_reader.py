@@ -41,10 +41,14 @@ def test_dataset_index_and_rows_match_the_file(packed):
 def test_dataset_never_reads_the_whole_image_column(packed, monkeypatch):
     reads, group_reads = [], []
     original_read, original_group = pq.ParquetFile.read, pq.ParquetFile.read_row_group
-    monkeypatch.setattr(pq.ParquetFile, "read", lambda self, columns=None, **kw: reads.append(columns)
-                        or original_read(self, columns=columns, **kw))  # fmt: skip
-    monkeypatch.setattr(pq.ParquetFile, "read_row_group", lambda self, i, **kw: group_reads.append(i)
-                        or original_group(self, i, **kw))  # fmt: skip
+    monkeypatch.setattr(
+        pq.ParquetFile,
+        "read",
+        lambda self, columns=None, **kw: reads.append(columns) or original_read(self, columns=columns, **kw),
+    )
+    monkeypatch.setattr(
+        pq.ParquetFile, "read_row_group", lambda self, i, **kw: group_reads.append(i) or original_group(self, i, **kw)
+    )
     dataset = PackedDataset(packed)
     assert reads == [INDEX_COLUMNS]
     dataset.rows([17, 18, 30])

@@ -9,13 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tests.conftest import CONFIG_8B
 from u1lib.model import loading
 from u1lib.model.config import ConfigError, U1Config
 from u1lib.model.embedders import patchify, unpatchify
 from u1lib.model.keys import group_counts, parameter_shapes
 from u1lib.model.loading import CheckpointError, load_model, random_model
 from u1lib.model.u1 import PrefixKV
-from tests.conftest import CONFIG_8B
 
 
 def test_8b_parameter_accounting_from_config_alone():
@@ -150,9 +150,20 @@ def test_batched_generation_with_mixed_prefixes_equals_one_by_one(golden_model):
 
 def test_random_model_builds_requested_groups_only():
     cfg = U1Config.from_file(CONFIG_8B)
-    small = U1Config(**{**cfg.to_dict(), "num_hidden_layers": 1, "vocab_size": 64, "hidden_size": 256,
-                        "intermediate_size": 512, "num_attention_heads": 4, "num_key_value_heads": 2,
-                        "head_dim": 64, "fm_head_hidden_size": 128, "vision_hidden_size": 32})
+    small = U1Config(
+        **{
+            **cfg.to_dict(),
+            "num_hidden_layers": 1,
+            "vocab_size": 64,
+            "hidden_size": 256,
+            "intermediate_size": 512,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 64,
+            "fm_head_hidden_size": 128,
+            "vision_hidden_size": 32,
+        }
+    )
     model = random_model(small, ["gen", "fm"], dtype=torch.float32)
     assert model.language_model.model.embed_tokens.weight.is_meta
     assert not model.fm_modules["fm_head"][0].weight.is_meta

@@ -97,8 +97,12 @@ def test_lora_on_the_294_generation_linears(u15_8b):
     assert len(surface.targets) == 294 == layers * 7
     assert {(t.rank, t.alpha) for t in surface.targets.values()} == {(128, 8.0)}
     per_layer = 128 * ((h + q) * 2 + (h + kv) * 2 + (h + mlp) * 2 + (mlp + h))
-    assert surface.counts() == {"lora_modules": 294, "lora_params": layers * per_layer, "full_ft_params": 0,
-                                "total": layers * per_layer}  # fmt: skip
+    assert surface.counts() == {
+        "lora_modules": 294,
+        "lora_params": layers * per_layer,
+        "full_ft_params": 0,
+        "total": layers * per_layer,
+    }
     with pytest.raises(SpecError, match="'fm_head' .* matches no module"):
         resolve_spec("fm_head=r16", u15_8b)  # a LoRA cannot reach the convolutions (nor can upstream's merge)
 

@@ -225,7 +225,10 @@ def test_8b_preset_counts():
     assert (official["lora_modules"], official["total"]) == (296, 409_337_856)
     # the preset and its spelled-out clauses are the same thing
     clauses, full_ft = PRESETS["default"]
-    assert TrainableSurface.resolve(clauses, full_ft, cfg).counts() == TrainableSurface.resolve("default", (), cfg).counts()
+    assert (
+        TrainableSurface.resolve(clauses, full_ft, cfg).counts()
+        == TrainableSurface.resolve("default", (), cfg).counts()
+    )
 
 
 def architectures() -> dict[str, U1Config]:
@@ -233,9 +236,16 @@ def architectures() -> dict[str, U1Config]:
     raw = json.loads(CONFIG_8B.read_text())
     u15 = copy.deepcopy(raw) | {"use_pixel_head": True, "noise_scale_max_value": 16.0}
     a3b = copy.deepcopy(raw)
-    a3b["llm_config"].update(hidden_size=2048, num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4,
-                             num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768,
-                             gen_num_experts=32)  # fmt: skip
+    a3b["llm_config"].update(
+        hidden_size=2048,
+        num_hidden_layers=48,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        num_experts=128,
+        num_experts_per_tok=8,
+        moe_intermediate_size=768,
+        gen_num_experts=32,
+    )
     a3b["vision_config"]["llm_hidden_size"] = 2048
     return {name: U1Config.from_upstream_dict(r) for name, r in (("u1", raw), ("u15", u15), ("a3b", a3b))}
 

@@ -26,7 +26,7 @@ from u1lib.report.collect import flatten
 from u1lib.report.plots import moving_average
 from u1lib.report.tables import fmt_bytes, fmt_delta, fmt_number, fmt_percent, loss_decimals, settings_tables
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PROMPT_SET = "demo"
 PROMPTS = [("cat", "a cat <script>alert(1)</script>"), ("rocket", "a rocket at dusk")]
 SEEDS = [0, 1]
@@ -90,36 +90,79 @@ def write_previews(folder: Path, steps: list[int], color) -> None:
 
 def _write_trained(folder: Path, name: str, index: int) -> None:
     params, best, best_step = NUMBERS[name]
-    _write_jsonl(folder / "train_log.jsonl", [
-        {"step": s, "loss": 1.0 / (s + index), "x0_mse": 0.5 / (s + index), "v_mse": 9.0 / (s + index),
-         "t": [0.5], "lr": 1e-4, "grad_norm": 1.0, "images_per_s": 4.0, "dropped": s % 2,
-         "seconds": WARMUP_SECONDS if s <= 3 else (0.4, 0.5, 0.6)[s % 3]}
-        for s in range(1, 21)
-    ])  # fmt: skip
-    _write_jsonl(folder / "val_log.jsonl", [
-        {"step": 0, "val_loss": BASE_VAL, "per_t": {"0.1": 0.5, "0.5": 1.5}},
-        *({"step": s, "val_loss": best if s == best_step else best + 0.1,
-           "per_t": {"0.1": 0.2 + 0.1 * index, "0.5": 0.3}} for s in (5, 10, 15, 20)),
-    ])  # fmt: skip
-    _write_json(folder / "metrics.json", {
-        "steps": 20, "images_seen": 40, "wall_time_s": 5.0, "s_per_step": 0.25, "images_per_s": 8.0,
-        "peak_gpu_mem_bytes": 3 * 2**30, "peak_host_rss_bytes": 512 * 2**20, "final_train_loss": 0.05,
-        "final_val_loss": best + 0.1, "best_val_loss": best, "best_val_step": best_step,
-        "trainable_params": params, "adapter_bytes": 2 * 2**20, "device": "cpu", "versions": {},
-        "git_commit": "abc123def", "t_hist": {"edges": [0.0, 0.25, 0.5, 0.75, 1.0], "counts": [index, 5, 5, 5]},
-        "dropout_count": 4 + index,
-        "dataset": {
-            "train": {"file": "train.parquet", "rows": 6, "fingerprint": f"fp{index}train"},
-            "validation": {"source": "held-out", "file": "val.parquet", "rows": 2, "fingerprint": "fpval"},
+    _write_jsonl(
+        folder / "train_log.jsonl",
+        [
+            {
+                "step": s,
+                "loss": 1.0 / (s + index),
+                "x0_mse": 0.5 / (s + index),
+                "v_mse": 9.0 / (s + index),
+                "t": [0.5],
+                "lr": 1e-4,
+                "grad_norm": 1.0,
+                "images_per_s": 4.0,
+                "dropped": s % 2,
+                "seconds": WARMUP_SECONDS if s <= 3 else (0.4, 0.5, 0.6)[s % 3],
+            }
+            for s in range(1, 21)
+        ],
+    )
+    _write_jsonl(
+        folder / "val_log.jsonl",
+        [
+            {"step": 0, "val_loss": BASE_VAL, "per_t": {"0.1": 0.5, "0.5": 1.5}},
+            *(
+                {
+                    "step": s,
+                    "val_loss": best if s == best_step else best + 0.1,
+                    "per_t": {"0.1": 0.2 + 0.1 * index, "0.5": 0.3},
+                }
+                for s in (5, 10, 15, 20)
+            ),
+        ],
+    )
+    _write_json(
+        folder / "metrics.json",
+        {
+            "steps": 20,
+            "images_seen": 40,
+            "wall_time_s": 5.0,
+            "s_per_step": 0.25,
+            "images_per_s": 8.0,
+            "peak_gpu_mem_bytes": 3 * 2**30,
+            "peak_host_rss_bytes": 512 * 2**20,
+            "final_train_loss": 0.05,
+            "final_val_loss": best + 0.1,
+            "best_val_loss": best,
+            "best_val_step": best_step,
+            "trainable_params": params,
+            "adapter_bytes": 2 * 2**20,
+            "device": "cpu",
+            "versions": {},
+            "git_commit": "abc123def",
+            "t_hist": {"edges": [0.0, 0.25, 0.5, 0.75, 1.0], "counts": [index, 5, 5, 5]},
+            "dropout_count": 4 + index,
+            "dataset": {
+                "train": {"file": "train.parquet", "rows": 6, "fingerprint": f"fp{index}train"},
+                "validation": {"source": "held-out", "file": "val.parquet", "rows": 2, "fingerprint": "fpval"},
+            },
         },
-    })  # fmt: skip
+    )
     knobs = VARIANTS["variants"][name]["knobs"]
-    _write_json(folder / "config.json", {
-        "train": {"loss_type": knobs["train.loss_type"], "t_dist": knobs["train.t_dist"], "lr": 1e-4,
-                  "val_max_items": 16},
-        "optim": {"weight_decay": 0.0, "betas": [0.9, 0.999]},
-        "lora": {"rank": 4 if name == "x0-logit" else 8},
-    })  # fmt: skip
+    _write_json(
+        folder / "config.json",
+        {
+            "train": {
+                "loss_type": knobs["train.loss_type"],
+                "t_dist": knobs["train.t_dist"],
+                "lr": 1e-4,
+                "val_max_items": 16,
+            },
+            "optim": {"weight_decay": 0.0, "betas": [0.9, 0.999]},
+            "lora": {"rank": 4 if name == "x0-logit" else 8},
+        },
+    )
     (folder / "adapter.safetensors").write_bytes(b"\0" * 16)
 
 
@@ -197,30 +240,66 @@ def make_grid(root: Path, count: int, *, image_px: int = 64, steps: int = 200) -
         records = []
         for s in range(1, steps + 1):
             x0 = 0.30 - 0.04 * s / steps + rng.gauss(0, 0.02)
-            records.append({"step": s, "loss": x0 if knobs["train.loss_type"] == "x0" else 40 * x0, "x0_mse": x0,
-                            "v_mse": 40 * x0, "t": [rng.random()], "lr": knobs["train.lr"], "grad_norm": 1.0,
-                            "images_per_s": 8.0, "dropped": 0, "seconds": 30.0 if s <= 3 else 0.9 + rng.random() * 0.1})
+            records.append(
+                {
+                    "step": s,
+                    "loss": x0 if knobs["train.loss_type"] == "x0" else 40 * x0,
+                    "x0_mse": x0,
+                    "v_mse": 40 * x0,
+                    "t": [rng.random()],
+                    "lr": knobs["train.lr"],
+                    "grad_norm": 1.0,
+                    "images_per_s": 8.0,
+                    "dropped": 0,
+                    "seconds": 30.0 if s <= 3 else 0.9 + rng.random() * 0.1,
+                }
+            )
         _write_jsonl(folder / "train_log.jsonl", records)
         val = [{"step": 0, "val_loss": base_val, "per_t": {f"{t:g}": v for t, v in base_per_t.items()}}]
         for s in range(steps // 4, steps + 1, steps // 4):
             drop = gain * (s / steps) ** 0.5
-            val.append({"step": s, "val_loss": base_val - drop,
-                        "per_t": {f"{t:g}": v - drop * (0.5 + t) for t, v in base_per_t.items()}})
+            val.append(
+                {
+                    "step": s,
+                    "val_loss": base_val - drop,
+                    "per_t": {f"{t:g}": v - drop * (0.5 + t) for t, v in base_per_t.items()},
+                }
+            )
         _write_jsonl(folder / "val_log.jsonl", val)
         counts = [5] * 10 if knobs["train.t_dist"] == "uniform" else [1, 2, 4, 7, 9, 9, 7, 4, 2, 1]
-        _write_json(folder / "metrics.json", {
-            "steps": steps, "images_seen": steps * 8, "wall_time_s": 1.0 * steps + 90, "peak_gpu_mem_bytes": 40 * 2**30,
-            "peak_host_rss_bytes": 30 * 2**30, "trainable_params": 21_000_000, "adapter_bytes": 84 * 2**20,
-            "t_hist": {"edges": [i / 10 for i in range(11)], "counts": counts}, "dropout_count": steps // 10,
-            "dataset": {"train": {"file": "train.parquet", "rows": 1000, "fingerprint": "9f2c41d0"},
-                        "validation": {"source": "held-out", "file": "val.parquet", "rows": 64,
-                                       "fingerprint": "77ab03e1"}},
-        })  # fmt: skip
-        _write_json(folder / "config.json", {"train": {
-            "steps": steps, "lr": knobs["train.lr"], "loss_type": knobs["train.loss_type"],
-            "t_dist": knobs["train.t_dist"], "batch_size": 8, "lora": "attn=r16a16;mlp=r16a16", "val_max_items": 16,
-            "val_t": list(GRID_T),
-        }})  # fmt: skip
+        _write_json(
+            folder / "metrics.json",
+            {
+                "steps": steps,
+                "images_seen": steps * 8,
+                "wall_time_s": 1.0 * steps + 90,
+                "peak_gpu_mem_bytes": 40 * 2**30,
+                "peak_host_rss_bytes": 30 * 2**30,
+                "trainable_params": 21_000_000,
+                "adapter_bytes": 84 * 2**20,
+                "t_hist": {"edges": [i / 10 for i in range(11)], "counts": counts},
+                "dropout_count": steps // 10,
+                "dataset": {
+                    "train": {"file": "train.parquet", "rows": 1000, "fingerprint": "9f2c41d0"},
+                    "validation": {"source": "held-out", "file": "val.parquet", "rows": 64, "fingerprint": "77ab03e1"},
+                },
+            },
+        )
+        _write_json(
+            folder / "config.json",
+            {
+                "train": {
+                    "steps": steps,
+                    "lr": knobs["train.lr"],
+                    "loss_type": knobs["train.loss_type"],
+                    "t_dist": knobs["train.t_dist"],
+                    "batch_size": 8,
+                    "lora": "attn=r16a16;mlp=r16a16",
+                    "val_max_items": 16,
+                    "val_t": list(GRID_T),
+                }
+            },
+        )
         (folder / "adapter.safetensors").write_bytes(b"\0" * 16)
         _write_images(folder / "samples" / PROMPT_SET, entries, image, {"sampler": sampler})
         for s in range(steps // 4, steps + 1, steps // 4):
@@ -229,6 +308,7 @@ def make_grid(root: Path, count: int, *, image_px: int = 64, steps: int = 200) -
 
 
 # ------------------------------------------------------------------ the hand-checked set
+
 
 def build(tmp_path: Path, run_dirs: dict[str, Path], **options) -> str:
     out = tmp_path / "out" / "report.html"
@@ -244,7 +324,7 @@ def embedded_images(page: str) -> list[Image.Image]:
 
 def section(page: str, anchor: str) -> str:
     start = page.index(f'<section id="{anchor}">')
-    return page[start:page.index("</section>", start)]
+    return page[start : page.index("</section>", start)]
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +355,7 @@ def test_runs_table_numbers(built):
 def test_data_section_names_the_fingerprints(built):
     _, page = built
     data = section(page, "settings")
-    differing = data[:data.index("shared by all")]
+    differing = data[: data.index("shared by all")]
     # a row per run, in leaderboard order: x0-logit, x0-uniform, v-uniform
     rows = re.findall(r"</span>([\w-]+)</td><td>(fp\dtrain)</td>", differing)
     assert rows == [("x0-logit", "fp2train"), ("x0-uniform", "fp0train"), ("v-uniform", "fp1train")]
@@ -299,7 +379,10 @@ def test_training_settings_split_into_shared_and_differing(built):
     _, page = built
     settings = section(page, "settings")
     middle = settings.index("Training settings (config.json): shared")
-    differing, shared = settings[settings.index("Training settings (config.json): differing"):middle], settings[middle:]
+    differing, shared = (
+        settings[settings.index("Training settings (config.json): differing") : middle],
+        settings[middle:],
+    )
     for key in ("train.loss_type", "train.t_dist", "lora.rank"):
         assert f"<th>{key}</th>" in differing and f"<td>{key}</td>" not in shared
     for key in ("train.lr", "optim.weight_decay", "optim.betas"):
@@ -374,9 +457,20 @@ def test_cli_in_fresh_process_imports_no_torch(tmp_path):
         "rc = cli('report', sys.argv[1:])\n"
         "print(json.dumps({'rc': rc, 'torch': 'torch' in sys.modules}))\n"
     )
-    args = ["--runs-root", tmp_path / "runs", "--variants", tmp_path / "variants.json",
-            "--provenance", tmp_path / "prov.json", "--prompt-set", PROMPT_SET, "--out", out,
-            "--benchmarks", tmp_path / "bench"]  # fmt: skip
+    args = [
+        "--runs-root",
+        tmp_path / "runs",
+        "--variants",
+        tmp_path / "variants.json",
+        "--provenance",
+        tmp_path / "prov.json",
+        "--prompt-set",
+        PROMPT_SET,
+        "--out",
+        out,
+        "--benchmarks",
+        tmp_path / "bench",
+    ]
     done = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"rc": 0, "torch": False}
@@ -386,8 +480,18 @@ def test_cli_in_fresh_process_imports_no_torch(tmp_path):
 
 def test_cli_reports_bad_file_and_fails(tmp_path, capsys):
     (tmp_path / "variants.json").write_text("{", encoding="utf-8")
-    args = ["--runs-root", str(tmp_path), "--variants", str(tmp_path / "variants.json"),
-            "--provenance", str(tmp_path / "prov.json"), "--prompt-set", "demo", "--out", str(tmp_path / "r.html")]
+    args = [
+        "--runs-root",
+        str(tmp_path),
+        "--variants",
+        str(tmp_path / "variants.json"),
+        "--provenance",
+        str(tmp_path / "prov.json"),
+        "--prompt-set",
+        "demo",
+        "--out",
+        str(tmp_path / "r.html"),
+    ]
     assert cli("report", args) == 1
     assert "variants.json: not valid JSON" in capsys.readouterr().err
 

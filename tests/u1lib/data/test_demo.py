@@ -8,7 +8,7 @@ from u1lib.data.buckets import BucketSpec
 from u1lib.data.demo import load_demo_captions, skimage_data_dir, write_demo_folder
 from u1lib.data.pack import pack
 
-CAPTIONS = Path(__file__).resolve().parents[2] / "config" / "demo_captions.yaml"
+CAPTIONS = Path(__file__).resolve().parents[3] / "config" / "demo_captions.yaml"
 
 
 def test_shipped_captions_name_bundled_colour_photos():

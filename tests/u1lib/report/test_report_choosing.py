@@ -27,7 +27,7 @@ from test_report import (
     make_runs,
     section,
     write_previews,
-)  # fmt: skip
+)
 
 from u1lib.report import build_report
 from u1lib.report.colors import PALETTE, variant_styles
@@ -36,7 +36,7 @@ from u1lib.report.ranking import Standing, axis_effects, steady_median, warmup_r
 
 def _rows(table_html: str) -> list[list[str]]:
     """Cell texts of every body row, tags stripped."""
-    body = table_html[table_html.index("<tbody>"):]
+    body = table_html[table_html.index("<tbody>") :]
     return [
         [html.unescape(re.sub(r"<[^>]+>", "", cell)) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.DOTALL)]
         for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body, re.DOTALL)
@@ -46,7 +46,7 @@ def _rows(table_html: str) -> list[list[str]]:
 def _leaderboard_rows(page: str) -> list[list[str]]:
     part = section(page, "leaderboard")
     start = part.index('<table class="leaderboard">')
-    return _rows(part[start:part.index("</table>", start)])
+    return _rows(part[start : part.index("</table>", start)])
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,11 @@ def test_leaderboard_ranks_best_first_with_differences_from_base_and_best(hand_c
     rows = _leaderboard_rows(page)
     # columns: #, variant, train.loss_type, train.t_dist, loss (step), vs base, vs best, last, status
     assert [(r[0], r[1].splitlines()[0]) for r in rows] == [
-        ("1", "x0-logit"), ("2", "x0-uniform"), ("3", "v-uniform"), ("ref", "base model (step 0)"),
-    ]  # fmt: skip
+        ("1", "x0-logit"),
+        ("2", "x0-uniform"),
+        ("3", "v-uniform"),
+        ("ref", "base model (step 0)"),
+    ]
     assert [r[4:7] for r in rows] == [
         ["0.250 (step 10)", "-0.750 (-75.0%)", "best"],
         ["0.500 (step 15)", "-0.500 (-50.0%)", "+0.250"],
@@ -96,15 +99,16 @@ def test_axis_effects_by_hand():
     # t distribution: logit_normal = 0.25, uniform = mean(0.5, 0.75) = 0.625
     _, values = effects["train.t_dist"]
     assert [(v.value, v.effect) for v in values] == [
-        ("logit_normal", pytest.approx(-0.25)), ("uniform", pytest.approx(0.125)),
-    ]  # fmt: skip
+        ("logit_normal", pytest.approx(-0.25)),
+        ("uniform", pytest.approx(0.125)),
+    ]
 
 
 def test_axis_effects_on_the_page(hand_checked):
     _, page = hand_checked
     part = section(page, "leaderboard")
     start = part.index("Average effect")
-    rows = _rows(part[start:part.index("</table>", start)])
+    rows = _rows(part[start : part.index("</table>", start)])
     assert rows[0] == ["train.loss_type", "x0", "2", "0.375", "0.500", "-0.125 (-25.0%)"]
     assert rows[1] == ["", "v", "1", "0.750", "", "+0.250 (+50.0%)"]
     assert "Largest average gain: <strong>train.t_dist = logit_normal</strong>" in page
