@@ -54,8 +54,11 @@ EXEMPT = {
     "pip install snakemake-executor-plugin-slurm": "changes the environment",
     # needs the network, a Kubernetes cluster and S3 storage; the README ships no profile for it
     "pip install snakemake-executor-plugin-kubernetes snakemake-storage-plugin-s3": "needs a cluster",
-    # needs 4 GPUs and ends in `...`; tests/u1lib/test_distributed.py runs torch.distributed.run on CPU ranks
+    # needs 4 GPUs and ends in `...`; tests/u1lib/train/test_distributed.py runs torch.distributed.run on CPU ranks
     "torchrun --nproc_per_node=4 -m u1lib train ...": "needs 4 GPUs",
+    # writes a 35 GB random snapshot and trains the 8B model: a GPU run; its figures are in
+    # docs/BENCHMARKS.md, and the workflow it drives is dry-run above and run on the tiny model
+    "python tests/gpu/workflow_8b.py": "needs a GPU with about 30 GB",
 }
 
 
