@@ -12,20 +12,21 @@ import io
 import logging
 import time
 import unicodedata
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
 from PIL import Image
 
-from u1lib.data.prompts import PromptSpec, load_tokenizer
+from u1lib.data.prompts import PromptSpec, cond_text, load_tokenizer
 from u1lib.device import resolve_device, resolve_dtype
 from u1lib.io import write_bytes, write_json
 from u1lib.lora.adapter import unwrap
 from u1lib.lora.io import bake_lora, read_lora_file, wrap_from_file
 from u1lib.model.loading import load_model
 from u1lib.model.sampling import CFG_NORMS, SAMPLER_T_EPS, euler_sample
+from u1lib.model.think import think
 from u1lib.model.u1 import PrefixKV, U1Model
 from u1lib.names import check_name
 from u1lib.prefix import PrefixEncoder
@@ -35,6 +36,7 @@ from u1lib.snapshot import require_verified
 progress = logging.getLogger("u1lib.progress")
 # beyond these a CPU takes minutes per image: worth a word before the wait starts
 CPU_QUICK_PIXELS, CPU_QUICK_STEPS = 256 * 256, 20
+THINK_BUDGET = 1024  # upstream's think-mode default
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class SampleSettings:
     dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
     upstream_lora: dict | None = None  # baked into the base for every variant: {"path", "skip"}
     compile: bool = False  # torch.compile each layer (CUDA; pays off over many images)
+    think: dict = field(default_factory=dict)  # {"enabled", "max_tokens"}: a thought decoded before each prompt
 
     def __post_init__(self):
         problems = []
@@ -62,12 +65,25 @@ class SampleSettings:
             problems.append("sample.steps and sample.batch_size must be positive")
         if not self.seeds:
             problems.append("sample.seeds must list at least one seed")
+        think = self.think
+        if set(think) - {"enabled", "max_tokens"}:
+            problems.append(f"sample.think: unknown key(s) {sorted(set(think) - {'enabled', 'max_tokens'})}")
+        if not isinstance(think.get("enabled", False), bool):
+            problems.append(f"sample.think.enabled: {think['enabled']!r} is not true or false")
+        budget = think.get("max_tokens", THINK_BUDGET)
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
+            problems.append(f"sample.think.max_tokens: {budget!r} is not a non-negative integer")
         if problems:
             raise ValueError("invalid sampling settings:\n  " + "\n  ".join(problems))
 
     @classmethod
     def from_dict(cls, raw: dict) -> "SampleSettings":
         return from_section(cls, raw, "sample")
+
+    @property
+    def think_budget(self) -> int | None:
+        """Tokens a thought may take, or None when think mode is off."""
+        return self.think.get("max_tokens", THINK_BUDGET) if self.think.get("enabled") else None
 
 
 def load_prompts(path: Path) -> list[dict]:
@@ -158,9 +174,8 @@ class Sampler:
         self.s = settings
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
-        self.model: U1Model = load_model(
-            snapshot_dir, ["und", "embed", "gen", "fm"], device=self.device, dtype=self.dtype
-        )
+        groups = ["und", "embed", "gen", "fm"] + (["lm_head"] if settings.think_budget is not None else [])
+        self.model: U1Model = load_model(snapshot_dir, groups, device=self.device, dtype=self.dtype)
         if settings.upstream_lora:
             spec = settings.upstream_lora
             bake_lora(self.model, read_lora_file(spec["path"]), skip=tuple(spec.get("skip", ())))
@@ -169,6 +184,7 @@ class Sampler:
         self.encoder = PrefixEncoder(self.model, load_tokenizer(snapshot_dir), prompt_spec, self.device)
         self.uncond = self.encoder.uncond()
         self._prefixes: dict[str, PrefixKV] = {}
+        self.thoughts: dict[str, dict] = {}  # prompt -> {"text", "stop", "tokens"} in think mode
         self._progress: _Progress | None = None
 
     def plan(self, variants: int, prompts: int) -> None:
@@ -199,8 +215,18 @@ class Sampler:
         self._progress = _Progress(total)
 
     def _prefix(self, prompt: str) -> PrefixKV:
+        """The prompt's conditional prefix, once per prompt (adapters change only the generation
+        tower, so every variant shares it, and in think mode the same thought)."""
         if prompt not in self._prefixes:
-            self._prefixes[prompt] = self.encoder.captions([prompt])
+            budget = self.s.think_budget
+            if budget is None:
+                self._prefixes[prompt] = self.encoder.captions([prompt])
+            else:
+                tokenizer = self.encoder.tokenizer
+                result = think(self.model, tokenizer, cond_text(self.encoder.spec, prompt), budget)
+                thought = {"text": result.text(tokenizer), "stop": result.stop, "tokens": len(result.token_ids)}
+                self.thoughts[prompt] = thought
+                self._prefixes[prompt] = result.cache
         return self._prefixes[prompt]
 
     def images(self, jobs: list[tuple[dict, int]], label: str = "sampling") -> list[torch.Tensor]:
@@ -260,7 +286,10 @@ class Sampler:
         records = []
         for (entry, seed), image, path in zip(jobs, images, files):
             write_bytes(path, to_png(image))
-            records.append({"prompt_id": entry["id"], "prompt": entry["prompt"], "seed": seed, "file": path.name})
+            record = {"prompt_id": entry["id"], "prompt": entry["prompt"], "seed": seed, "file": path.name}
+            if entry["prompt"] in self.thoughts:
+                record["think"] = self.thoughts[entry["prompt"]]
+            records.append(record)
         index = {
             "variant": variant,
             "prompt_set": prompt_set,

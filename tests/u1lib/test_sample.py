@@ -12,7 +12,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from u1lib.data.prompts import PromptSpec
+from u1lib.data.prompts import PromptSpec, cond_text
 from u1lib.io import save_safetensors
 from u1lib.model.loading import load_model
 from u1lib.sample import Sampler, SampleSettings, cli, initial_noise, load_prompts, sample_variant
@@ -257,3 +257,37 @@ def test_large_work_on_the_cpu_is_announced_with_the_flags_for_a_quick_look(tiny
     assert bool(warnings) == warned
     if warned:
         assert "--size" in warnings[0] and "--steps" in warnings[0] and "CPU" in warnings[0]
+
+
+def test_think_mode_decodes_a_thought_per_prompt_and_keeps_it_in_the_index(tiny_workspace, tmp_path):
+    """sample.think: the thought is decoded once per prompt, extends the prefix and is recorded."""
+    from u1lib.model.think import think as decode
+
+    prompts = [{"id": "cat", "prompt": "a ginger cat"}, {"id": "boat", "prompt": "a red boat"}]
+    settings = {"seeds": [0, 1], "steps": 2, "width": 32, "height": 32, "think": {"enabled": True, "max_tokens": 3}}
+    common = {"snapshot_dir": tiny_workspace["snapshot_dir"], "prompts": prompts, "variant": "base", "adapter": None}
+    index = sample_variant(settings=settings, out_dir=tmp_path / "think", **common)
+    thoughts = {r["prompt_id"]: r["think"] for r in index["images"]}
+    assert set(thoughts) == {"cat", "boat"} and len(index["images"]) == 4
+    for thought in thoughts.values():
+        assert thought["stop"] in ("think_end", "eos", "budget") and 0 <= thought["tokens"] <= 3
+    # the recorded thought is what decoding the prompt gives on its own
+    sampler = Sampler(tiny_workspace["snapshot_dir"], SampleSettings.from_dict(settings), PromptSpec())
+    alone = decode(sampler.model, sampler.encoder.tokenizer, cond_text(PromptSpec(), "a ginger cat"), 3)
+    assert thoughts["cat"]["text"] == alone.text(sampler.encoder.tokenizer)
+    assert sampler._prefix("a ginger cat").lengths.tolist() == [len(alone.input_ids)]
+    plain = sample_variant(settings={**settings, "think": {"enabled": False}}, out_dir=tmp_path / "plain", **common)
+    assert all("think" not in r for r in plain["images"])
+
+
+@pytest.mark.parametrize(
+    "think, message",
+    [
+        ({"enabled": "yes"}, "sample.think.enabled"),
+        ({"max_tokens": -1}, "sample.think.max_tokens"),
+        ({"budget": 3}, "unknown key"),
+    ],
+)
+def test_bad_think_settings_are_named(think, message):
+    with pytest.raises(ValueError, match=message):
+        SampleSettings.from_dict({"think": think})

@@ -46,6 +46,10 @@ def normalised(value):
     return list(value) if isinstance(value, tuple) else value
 
 
+def default_of(field: dataclasses.Field):
+    return field.default_factory() if field.default is dataclasses.MISSING else field.default
+
+
 def test_every_key_has_a_description_and_a_default_unless_required():
     incomplete = [
         key
@@ -83,7 +87,7 @@ def test_sample_and_cache_keys_and_defaults_match_the_engine():
     import u1lib.sample as sample
 
     engine = {
-        f.name: normalised(f.default)
+        f.name: normalised(default_of(f))
         for f in dataclasses.fields(sample.SampleSettings)
         if f.name not in ("device", "upstream_lora")
     }  # upstream_lora comes from the train section
