@@ -26,6 +26,9 @@ rule report:
     params:
         run_dirs=run_dirs,
         prompt_set=PROMPT_SET,
+        # the train jobs' wall times and logs, linked from the report; missing ones become notes
+        benchmarks="results/benchmarks/train",
+        logs="results/logs/train",
         git_commit=GIT_COMMIT,
         code=CODE_HASH["report"],
     script:

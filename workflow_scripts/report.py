@@ -28,4 +28,6 @@ build_report(
     variants=read_json(snakemake.input.variants),
     provenance=provenance,
     prompt_set=snakemake.params.prompt_set,
+    benchmarks_dir=Path(snakemake.params.benchmarks),
+    logs_dir=Path(snakemake.params.logs),
 )
