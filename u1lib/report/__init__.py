@@ -164,8 +164,30 @@ def _samples_section(
         f"Samples (prompt set {prompt_set!r})",
         html.paragraph("A row per variant (base model first, then by rank); click an image for full size."),
         html.image_grid(contact_grid(runs, rows, page_dir, notes), colors, row_labels),
+        _thoughts_block(runs, rows),
         _settings_block("Sampler settings", {run.name: run.sampler for run in runs if run.sampler}, colors),
     )
+
+
+def _thoughts_block(runs: list[Run], rows) -> str:
+    """Think mode: the text the understanding tower wrote before each prompt (the same for every
+    variant, since adapters change only the generation tower)."""
+    thoughts = {}
+    for run in runs:
+        for prompt_id, thought in run.thoughts.items():
+            thoughts.setdefault(prompt_id, thought)
+    if not thoughts:
+        return ""
+    prompts = {row.prompt_id: row.prompt for row in rows}
+    table = tables.Table(
+        ["prompt id", "prompt", "thought (think mode)", "stopped by", "tokens"],
+        [
+            [pid, prompts.get(pid, ""), str(t.get("text", "")), str(t.get("stop", "")), str(t.get("tokens", ""))]
+            for pid, t in thoughts.items()
+        ],
+        numeric_columns={4},
+    )
+    return html.heading("Think mode: the thought written before each prompt") + html.table(table, "thoughts")
 
 
 def _settings_block(title: str, per_run: dict[str, dict], colors: dict[str, str]) -> str:

@@ -34,6 +34,7 @@ class Run:
     val_log: list[dict] = field(default_factory=list)
     samples: dict[Key, Path] = field(default_factory=dict)
     prompts: dict[Key, str] = field(default_factory=dict)
+    thoughts: dict[str, dict] = field(default_factory=dict)  # prompt_id -> think-mode record (text, stop, tokens)
     sampler: dict | None = None
     previews: dict[int, dict[Key, Path]] = field(default_factory=dict)  # step -> images
     preview_prompts: dict[Key, str] = field(default_factory=dict)
@@ -169,6 +170,8 @@ def _read_samples(run: Run, folder: Path, notes: list[str]) -> None:
         key = (str(entry["prompt_id"]), int(entry["seed"]))
         run.samples[key] = folder / str(entry["file"])
         run.prompts[key] = str(entry.get("prompt", ""))
+        if isinstance(entry.get("think"), dict):
+            run.thoughts[key[0]] = entry["think"]
 
 
 def _read_previews(run: Run, folder: Path, notes: list[str]) -> None:

@@ -514,3 +514,19 @@ def test_number_formats_and_moving_average():
     assert [fmt_percent(v) for v in (-16.7, -0.0394, 0)] == ["-16.7%", "-0.0394%", "0%"]
     assert loss_decimals([0.253795, 0.253791, math.nan]) == 7 and loss_decimals([0.25, 0.5, None]) == 3
     assert moving_average([1, 2, 3, 4], 2).tolist() == [1.5, 2.5, 3.5]
+
+
+def test_think_mode_thoughts_are_shown_once_per_prompt_and_escaped(tmp_path):
+    run_dirs = make_runs(tmp_path / "runs")
+    for name in ("base", "x0-uniform"):
+        index_path = run_dirs[name] / "samples" / PROMPT_SET / "index.json"
+        index = json.loads(index_path.read_text())
+        for record in index["images"]:
+            text = f"<b>{record['prompt_id']}</b> needs whiskers"
+            record["think"] = {"text": text, "stop": "think_end", "tokens": 7}
+        index_path.write_text(json.dumps(index))
+    page = build(tmp_path, run_dirs)
+    assert "Think mode: the thought written before each prompt" in page
+    assert page.count("&lt;b&gt;cat&lt;/b&gt; needs whiskers") == 1  # once per prompt, not per variant or seed
+    assert "<b>cat</b>" not in page
+    assert "Think mode" not in build(tmp_path / "plain", make_runs(tmp_path / "plain-runs"))
