@@ -22,7 +22,8 @@ from u1lib.data.sources import IMAGE_SUFFIXES
 from u1lib.grid import BASE, GridError, apply_overrides, describe
 from u1lib.grid import expand as expand_grid  # Snakemake has its own expand
 from u1lib.provenance import git_commit
-from u1lib.snapshot import folder_fingerprint
+from u1lib.modeling import ModelingPins
+from u1lib.snapshot import SnapshotError, folder_fingerprint
 from u1lib.source_hash import code_hash
 
 WORKFLOW_DIR = Path(workflow.basedir)
@@ -295,18 +296,16 @@ BENCH_SETTINGS = canonical(config["bench"])
 
 def upstream_checkout() -> dict:
     """Where git puts upstream's code, and the URL and commit pinned in config/pins/neo_unify.yaml."""
-    pins = yaml.safe_load(PINS_PATH.read_text(encoding="utf-8")) or {}
-    if not (
-        isinstance(pins.get("repo"), str)
-        and re.fullmatch(r"[0-9a-f]{40}", str(pins.get("commit")))
-    ):
-        raise WorkflowError(
-            f"{PINS_PATH}: needs 'repo: owner/name' and 'commit: <40-hex sha>'"
-        )
+    try:
+        pins = ModelingPins.from_file(PINS_PATH)
+    except SnapshotError as err:
+        raise WorkflowError(str(err)) from None
+    if pins.repo is None:
+        raise WorkflowError(f"{PINS_PATH}: needs 'repo: owner/name' to clone upstream")
     return {
-        "dir": f"results/upstream/{pins['repo'].split('/')[-1]}",
-        "url": f"https://github.com/{pins['repo']}.git",
-        "commit": pins["commit"],
+        "dir": f"results/upstream/{pins.repo.split('/')[-1]}",
+        "url": f"https://github.com/{pins.repo}.git",
+        "commit": pins.commit,
     }
 
 

@@ -18,19 +18,20 @@ from pathlib import Path
 import yaml
 
 from u1lib.io import read_json, sha256_file, write_bytes, write_json
-from u1lib.snapshot import SnapshotError, snapshot_dir
+from u1lib.snapshot import COMMIT_SHA, SnapshotError, snapshot_dir
 
-_COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _REINSTALL = "run `python -m u1lib install-modeling` again (the workflow: `snakemake --forcerun install_modeling`)"
 
 
 @dataclass(frozen=True)
 class ModelingPins:
-    """The upstream commit and the sha256 of every modeling file install_modeling accepts."""
+    """The upstream repository and commit, and the sha256 of every modeling file install_modeling
+    accepts (the workflow's clone_upstream rule reads the same file through this class)."""
 
     commit: str
     files: dict[str, str]
+    repo: str | None = None  # owner/name on GitHub; needed only to clone
 
     @classmethod
     def from_file(cls, path: str | Path) -> ModelingPins:
@@ -44,8 +45,11 @@ class ModelingPins:
         raw = raw if isinstance(raw, dict) else {}
         problems = []
         commit = raw.get("commit")
-        if not (isinstance(commit, str) and _COMMIT_SHA.match(commit)):
+        if not (isinstance(commit, str) and COMMIT_SHA.match(commit)):
             problems.append(f"'commit' must be a 40-hex upstream commit sha, got {commit!r}")
+        repo = raw.get("repo")
+        if repo is not None and not (isinstance(repo, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", repo)):
+            problems.append(f"'repo' must be owner/name, got {repo!r}")
         files = raw.get("files")
         if not isinstance(files, dict) or not files:
             problems.append("'files' must map each modeling file name to its sha256")
@@ -57,7 +61,7 @@ class ModelingPins:
                 problems.append(f"files.{name}: {digest!r} is not a 64-hex sha256")
         if problems:
             raise SnapshotError(f"{path}: " + "; ".join(problems))
-        return cls(commit=commit, files=dict(files))
+        return cls(commit=commit, files=dict(files), repo=repo)
 
 
 def _read_no_follow(path: Path) -> bytes:

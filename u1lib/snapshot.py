@@ -26,7 +26,7 @@ from u1lib.model.config import ConfigError, U1Config
 
 log = logging.getLogger(__name__)
 
-_COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
+COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 # Modeling code is install_modeling's business (modeling.json), never the manifest's.
 MODELING_CODE = "*.py"
 _WEIGHTS = "model.safetensors"
@@ -478,7 +478,7 @@ def snapshot_hub(
     Hugging Face cache is verified in place instead. ``.py`` files are never downloaded (see
     ``install_modeling``). ``model`` defaults to the repo name.
     """
-    if not _COMMIT_SHA.match(revision):
+    if not COMMIT_SHA.match(revision):
         raise SnapshotError(
             f"revision {revision!r} is not a full 40-hex commit sha: a branch or tag can move, so the snapshot "
             "would not be reproducible. Pin the commit (see the repo's history on the Hub)."

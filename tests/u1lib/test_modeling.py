@@ -123,10 +123,15 @@ def test_shipped_pins_match_the_golden_upstream_files():
 
 def test_bad_pins_file_names_each_bad_value(tmp_path):
     pins = tmp_path / "pins.yaml"
-    pins.write_text("commit: main\nfiles:\n  utils.py: abc\n")
+    pins.write_text("repo: not a repo\ncommit: main\nfiles:\n  utils.py: abc\n")
     with pytest.raises(SnapshotError) as caught:
         ModelingPins.from_file(pins)
-    assert "'main'" in str(caught.value) and "utils.py" in str(caught.value) and str(pins) in str(caught.value)
+    message = str(caught.value)
+    assert "'main'" in message and "utils.py" in message and str(pins) in message and "'not a repo'" in message
+
+
+def test_shipped_pins_name_the_repository_the_workflow_clones():
+    assert ModelingPins.from_file(ROOT / "config/pins/neo_unify.yaml").repo == "OpenSenseNova/SenseNova-U1"
 
 
 # --- verify_modeling: the snapshot's .py files against modeling.json ----------------------------------
