@@ -39,7 +39,7 @@ from u1lib.train.optim import lr_factor, make_optimizer
 from u1lib.train.prefetch import BatchPrefetcher
 from u1lib.train.prefixes import PrefixSource
 from u1lib.train.progress import TrainProgress
-from u1lib.train.resume import ON_INCOMPATIBLE, choose_checkpoint
+from u1lib.train.resume import choose_checkpoint
 from u1lib.train.run_folder import TRAIN_LOG, VAL_LOG, RunLogs, run_lock
 from u1lib.train.settings import TrainSettings
 from u1lib.train.stop import TrainingInterrupted, stop_on_signals
@@ -83,8 +83,6 @@ class Trainer:
         prompt=None,
         on_incompatible: str = "refuse",
     ):
-        if on_incompatible not in ON_INCOMPATIBLE:
-            raise ValueError(f"on_incompatible {on_incompatible!r} is not one of {ON_INCOMPATIBLE}")
         self.s, self.run_dir, self.on_incompatible = s, Path(run_dir), on_incompatible
         self.dist = init_from_env()
         self.device = resolve_device(s.device)  # after init_from_env: each rank's own GPU
@@ -137,7 +135,7 @@ class Trainer:
         self.step, self.images_seen, self.dropped_total = 0, 0, 0
         self.t_hist = THistogram()
         self.train_seconds = 0.0
-        self.progress = TrainProgress(s.steps, 0)
+        self.progress = TrainProgress(s.steps)
 
     # setup --------------------------------------------------------------------------------
     def _load_model(self, snapshot_dir) -> U1Model:

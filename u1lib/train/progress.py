@@ -17,9 +17,11 @@ def _minutes(seconds: float) -> str:
 
 
 class TrainProgress:
-    def __init__(self, total: int, start: int):
-        self.total, self.start = total, start
-        self.first_done: float | None = None  # the first step pays compilation and warm-up: not in the rate
+    def __init__(self, total: int):
+        self.total = total
+        # the first step after (re)starting pays compilation and warm-up: the rate counts from its end
+        self.first_done: float | None = None
+        self.first_step = 0
         self.last_val: float | None = None
 
     def resumed(self, step: int, checkpoint: str) -> None:
