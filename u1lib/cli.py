@@ -28,6 +28,7 @@ VERBS = {
     "sample": ("u1lib.sample", "Sample images from base model and adapters"),
     "report": ("u1lib.report", "Build the HTML ablation report"),
     "inspect": ("u1lib.lora.inspect", "Show LoRA targets and trainable counts from config.json alone"),
+    "export": ("u1lib.lora.export", "Export an adapter for each consumer (upstream LoRA, merged snapshot, PEFT)"),
     "parity": ("u1lib.parity", "Check the engine against a golden folder"),
     "bench": ("u1lib.bench", "Full-size random-weight benchmarks (GPU)"),
 }
