@@ -1,15 +1,21 @@
-"""Aspect-ratio buckets: the fixed sizes images are stored at, and how one image is fitted to one.
+"""Aspect-ratio buckets: the sizes images are stored at, and how one image is fitted to its bucket.
 
 Training batches hold images of one bucket, so every side must be a multiple of the model's token
-size (32 px for the 8B model: 16-px patches merged 2x2). Two kinds of bucket list:
+size (32 px for the 8B model: 16-px patches merged 2x2). Three kinds:
 
 * ``official``: the 11 ~4 MP buckets the 8B model was trained on (docs/MODEL.md §6.3);
 * ``area``: one bucket per aspect ratio of :data:`AREA_ASPECT_RATIOS` (1:4 .. 4:1), each with an
-  area close to a target such as 1024*1024.
+  area close to a target such as 1024*1024;
+* ``aspect``: no list: each image gets its own bucket, the largest size with its aspect ratio whose
+  sides are multiples of ``multiple`` (default the token size) within ``area`` pixels
+  (:func:`aspect_bucket`; upstream's training keeps each image's aspect ratio, docs/UPSTREAM_NOW.md §2).
 
-Resize policy "cover then center crop": scale the image (LANCZOS) until it covers the bucket, then
-cut the bucket out of the centre. Images smaller than their bucket are upscaled (and counted);
-images whose short side is below ``min_source_fraction`` of the bucket's short side are refused.
+Resize policy of ``official`` and ``area``, "cover then center crop": scale the image (LANCZOS)
+until it covers the bucket, then cut the bucket out of the centre. ``aspect`` scales the image
+(BICUBIC, as upstream) by one factor until it covers its bucket and trims only the rounding
+remainder, under ``multiple`` pixels on one axis, split between both edges: no content crop beyond
+that, no padding. Images smaller than their bucket are upscaled (and counted); images whose short
+side is below ``min_source_fraction`` of the bucket's short side are refused.
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ OFFICIAL_8B_BUCKETS = (
 # W/H of the landscape area buckets (the official ratios plus 4:1); portraits mirror them.
 AREA_ASPECT_RATIOS = (1.0, 4 / 3, 3 / 2, 16 / 9, 2.0, 3.0, 4.0)
 RESIZE_POLICY = "cover then center crop (LANCZOS)"
-BUCKET_KINDS = ("official", "area")
+ASPECT_RESIZE_POLICY = "aspect kept: scale (BICUBIC) to cover, trim the rounding remainder (< multiple px) centred"
+BUCKET_KINDS = ("official", "area", "aspect")
 
 
 class BucketError(ValueError):
@@ -56,12 +63,13 @@ class Bucket(NamedTuple):
 
 @dataclass(frozen=True)
 class BucketSpec:
-    """Which bucket list to use; ``area`` only for kind "area"."""
+    """Which buckets to use; ``area`` only for kinds "area" and "aspect", ``multiple`` only for "aspect"."""
 
     kind: str
     area: int | None = None
     token_size: int = 32
     min_source_fraction: float = 0.25
+    multiple: int | None = None  # kind aspect: bucket sides are multiples of this; None = token_size
 
     def __post_init__(self):
         problems = []
@@ -69,10 +77,24 @@ class BucketSpec:
             problems.append(f"kind {self.kind!r} is not one of {', '.join(BUCKET_KINDS)}")
         if not _is_positive_int(self.token_size):
             problems.append(f"token_size must be a positive integer, got {self.token_size!r}")
-        if self.kind == "area" and not (
-            _is_positive_int(self.area) and _is_positive_int(self.token_size) and self.area >= self.token_size**2
+        if self.multiple is not None and self.kind != "aspect":
+            problems.append(
+                f"multiple applies only to kind 'aspect' (got multiple={self.multiple!r} with kind {self.kind!r})"
+            )
+        elif self.multiple is not None and not (
+            _is_positive_int(self.multiple)
+            and _is_positive_int(self.token_size)
+            and self.multiple % self.token_size == 0
         ):
-            problems.append(f"area must be an integer >= token_size**2 for kind 'area', got {self.area!r}")
+            problems.append(
+                f"multiple must be a positive multiple of token_size {self.token_size!r}, got {self.multiple!r}"
+            )
+        side = self.side_multiple
+        if self.kind in ("area", "aspect") and not (
+            _is_positive_int(self.area) and _is_positive_int(side) and self.area >= side**2
+        ):
+            name = "token_size" if self.kind == "area" else "multiple"
+            problems.append(f"area must be an integer >= {name}**2 for kind {self.kind!r}, got {self.area!r}")
         if self.kind == "official" and self.area is not None:
             problems.append(f"area applies only to kind 'area' (got area={self.area!r} with kind 'official')")
         if isinstance(self.min_source_fraction, bool) or not (
@@ -91,33 +113,60 @@ class BucketSpec:
         """Build from a config mapping, naming unknown or missing keys."""
         if not isinstance(data, dict):
             raise BucketError(f"bucket spec must be a mapping, got {type(data).__name__}")
-        known = {"kind", "area", "token_size", "min_source_fraction"}
+        known = {"kind", "area", "token_size", "min_source_fraction", "multiple"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise BucketError(f"bucket spec: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
         if "kind" not in data:
-            raise BucketError("bucket spec: missing key 'kind' (official or area)")
+            raise BucketError("bucket spec: missing key 'kind' (official, area or aspect)")
         return cls(**data)
 
     @classmethod
     def parse(cls, text: str, token_size: int, min_source_fraction: float = 0.25) -> BucketSpec:
-        """Parse the command-line form ``official`` or ``area:<pixels>``."""
+        """Parse the command-line form ``official``, ``area:<pixels>`` or ``aspect:<pixels>``."""
         kind, _, area = text.partition(":")
-        if kind == "area":
+        if kind in ("area", "aspect"):
             if not area.isdigit():
-                raise BucketError(f"--buckets {text!r}: write area:<pixels>, e.g. area:1048576")
-            return cls("area", int(area), token_size, min_source_fraction)
+                raise BucketError(f"--buckets {text!r}: write {kind}:<pixels>, e.g. {kind}:1048576")
+            return cls(kind, int(area), token_size, min_source_fraction)
         if area:
-            raise BucketError(f"--buckets {text!r}: only 'area' takes a value; use 'official' or 'area:<pixels>'")
+            raise BucketError(
+                f"--buckets {text!r}: only 'area' and 'aspect' take a value; "
+                "use 'official', 'area:<pixels>' or 'aspect:<pixels>'"
+            )
         return cls(kind, None, token_size, min_source_fraction)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def side_multiple(self) -> int:
+        """What every bucket side is a multiple of."""
+        return self.token_size if self.multiple is None else self.multiple
+
+    @property
+    def resize_policy(self) -> str:
+        return ASPECT_RESIZE_POLICY if self.kind == "aspect" else RESIZE_POLICY
+
     def buckets(self) -> tuple[Bucket, ...]:
+        """The bucket list; empty for kind aspect, whose buckets follow each image (:meth:`bucket_for`)."""
         if self.kind == "official":
             return tuple(Bucket(w, h) for w, h in OFFICIAL_8B_BUCKETS)
+        if self.kind == "aspect":
+            return ()
         return area_buckets(self.area, self.token_size)
+
+    def bucket_for(self, width: int, height: int) -> Bucket:
+        """The bucket an image of ``width`` x ``height`` is stored at."""
+        if self.kind == "aspect":
+            return aspect_bucket(width, height, self.area, self.side_multiple)
+        return assign_bucket(width, height, self.buckets())
+
+    def fit(self, image: Image.Image, bucket: Bucket) -> Image.Image:
+        """``image`` resized to ``bucket`` by this kind's policy (:attr:`resize_policy`)."""
+        if self.kind == "aspect":
+            return fit_keeping_aspect(image, bucket)
+        return fit_to_bucket(image, bucket)
 
 
 def _is_positive_int(value) -> bool:
@@ -156,6 +205,28 @@ def _nearby_multiples(side: float, token_size: int) -> tuple[int, ...]:
     return (below, below + token_size)
 
 
+def aspect_bucket(width: int, height: int, area: int, multiple: int) -> Bucket:
+    """The largest size with the image's aspect ratio within ``area`` pixels, sides rounded down to ``multiple``.
+
+    With s = sqrt(area / (width * height)), the bucket is (floor(width * s), floor(height * s)) in
+    multiples: its area never exceeds ``area`` and its aspect ratio differs from the image's only by
+    that rounding. Computed in integers (w^2 * height <= area * width), so no float rounding can push
+    a side over. An image too elongated for one multiple on its short side is refused.
+    """
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size {width}x{height} must be positive")
+    bucket = Bucket(
+        math.isqrt(area * width // height) // multiple * multiple,
+        math.isqrt(area * height // width) // multiple * multiple,
+    )
+    if min(bucket) == 0:
+        raise BadItem(
+            "aspect ratio too extreme",
+            f"{width}x{height} leaves no {multiple}-px side within {area} px without cropping",
+        )
+    return bucket
+
+
 def assign_bucket(width: int, height: int, buckets: tuple[Bucket, ...]) -> Bucket:
     """The bucket whose aspect ratio is closest in log space; ties go to the earlier bucket."""
     if width <= 0 or height <= 0:
@@ -184,3 +255,12 @@ def check_source_size(width: int, height: int, bucket: Bucket, min_source_fracti
 def fit_to_bucket(image: Image.Image, bucket: Bucket) -> Image.Image:
     """Resize so the image covers the bucket (LANCZOS), then crop the bucket from the centre."""
     return ImageOps.fit(image, (bucket.width, bucket.height), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+
+
+def fit_keeping_aspect(image: Image.Image, bucket: Bucket) -> Image.Image:
+    """Scale by one factor (BICUBIC) until the image covers its :func:`aspect_bucket`, trimming the remainder.
+
+    The same cover-then-centre operation as :func:`fit_to_bucket`; for an aspect bucket the part cut
+    away is the rounding remainder, under one multiple of the bucket on one axis.
+    """
+    return ImageOps.fit(image, (bucket.width, bucket.height), method=Image.Resampling.BICUBIC, centering=(0.5, 0.5))

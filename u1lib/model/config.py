@@ -129,12 +129,17 @@ class U1Config:
     def fm_out_dim(self) -> int:
         return 3 * self.token_size**2
 
-    def noise_scale_for(self, num_tokens: int) -> float:
-        """Noise std for an image of ``num_tokens`` tokens (upstream: grows with resolution, clamped)."""
+    def noise_scale_for(self, num_tokens: int, clamp: bool = True) -> float:
+        """Noise std for an image of ``num_tokens`` tokens: grows with resolution (docs/MODEL.md §5.3).
+
+        Upstream's sampler clamps it at ``noise_scale_max_value``; upstream's training code does not
+        (``clamp=False``, train.noise_scale unclamped). They differ only where the formula passes the
+        maximum: above 4096 tokens (2048² px) for U1's 8, above 16384 (4096² px) for U1.5's 16.
+        """
         scale = self.noise_scale * math.sqrt(num_tokens / self.noise_scale_base_image_seq_len)
         if self.noise_scale_mode == "dynamic_sqrt":
             scale = math.sqrt(scale)
-        return min(scale, self.noise_scale_max_value)
+        return min(scale, self.noise_scale_max_value) if clamp else scale
 
     def to_dict(self) -> dict:
         return asdict(self)
