@@ -16,6 +16,7 @@ rule demo_dataset:
 rule pack:
     input:
         source=dataset_source,
+        model=pack_model,
     output:
         train="results/data/{dataset}/train.parquet",
         val="results/data/{dataset}/val.parquet",

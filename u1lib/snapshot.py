@@ -335,8 +335,9 @@ def _repair_hint(manifest_path: Path, manifest: dict, folder: Path) -> str:
     if manifest.get("read_only"):
         return f"{folder} is in the Hugging Face cache: repair it with `hf download {repo_id} --revision {revision}`"
     if source == "tiny":
-        seed = str(revision).removeprefix("tiny-seed-")
-        return f"rebuild it: `{snapshot('--source tiny --seed', seed, '--out', folder)}`"
+        variant, _, seed = str(revision).removeprefix("tiny-").rpartition("seed-")
+        variant = f" --variant {variant.rstrip('-')}" if variant else ""
+        return f"rebuild it: `{snapshot(f'--source tiny{variant} --seed', seed, '--out', folder)}`"
     fetch = snapshot("--source hub --repo-id", repo_id, "--revision", revision, "--out", folder)
     return f"fetch those files again: `{fetch}`"
 
@@ -535,12 +536,18 @@ def snapshot_hub(
     return _restore(manifest_path, record, own, stats)
 
 
-def snapshot_tiny(folder: str | Path, manifest_path: str | Path, *, seed: int, model: str = "tiny") -> dict:
-    """Build the embedded tiny model (cheap and deterministic, so always rebuilt) and write its manifest."""
+def snapshot_tiny(
+    folder: str | Path, manifest_path: str | Path, *, seed: int, model: str = "tiny", variant: str = "u1"
+) -> dict:
+    """Build the embedded tiny model (cheap and deterministic, so always rebuilt) and write its manifest.
+
+    ``variant`` is the architecture (u1, u15, a3b: ``u1lib.tiny.VARIANTS``); the manifest's revision
+    names it and the seed: ``tiny-seed-0`` (u1), ``tiny-u15-seed-0``.
+    """
     from u1lib.tiny import build_tiny_snapshot  # imports torch; the hub path does not need it
 
-    build_tiny_snapshot(folder, seed=seed)
-    revision = f"tiny-seed-{seed}"
+    build_tiny_snapshot(folder, seed=seed, variant=variant)
+    revision = f"tiny-seed-{seed}" if variant == "u1" else f"tiny-{variant}-seed-{seed}"
     return write_manifest(folder, manifest_path, model=model, source="tiny", repo_id=None, revision=revision)
 
 
@@ -575,13 +582,15 @@ def make_snapshot(
     repo_id: str | None = None,
     revision: str | None = None,
     seed: int = 0,
+    variant: str = "u1",
     out: str | Path | None = None,
     allow_patterns: list[str] | None = None,
 ) -> dict:
-    """One entry for every source: ``tiny``, ``hub``, or the path of a folder holding a downloaded model."""
+    """One entry for every source: ``tiny`` (of ``variant``), ``hub``, or the path of a folder holding a
+    downloaded model."""
     out = default_snapshot_dir(manifest_path) if out is None else Path(out)
     if source == "tiny":
-        return snapshot_tiny(out, manifest_path, seed=seed, model=model)
+        return snapshot_tiny(out, manifest_path, seed=seed, model=model, variant=variant)
     if source == "hub":
         return snapshot_hub(repo_id, revision, out, manifest_path, model=model, allow_patterns=allow_patterns)
     return snapshot_local(source, manifest_path, model=model)
@@ -609,6 +618,9 @@ def _snapshot_cli(verb: str, argv: list[str]) -> int:
     )
     parser.add_argument("--seed", type=int, help="weight seed (source tiny, default 0)")
     parser.add_argument(
+        "--variant", choices=("u1", "u15", "a3b"), help="architecture of the tiny model (source tiny, default u1)"
+    )
+    parser.add_argument(
         "--out", type=Path, help="folder to build or download into (tiny, hub); default: snapshot/ beside --manifest"
     )
     parser.add_argument("--manifest", required=True, type=Path, help="manifest.json to write")
@@ -619,8 +631,9 @@ def _snapshot_cli(verb: str, argv: list[str]) -> int:
             parser.error("--source hub needs --repo-id and --revision")
     elif any(hub_only.values()):
         parser.error(f"{', '.join(k for k, v in hub_only.items() if v)}: only for --source hub")
-    if args.seed is not None and args.source != "tiny":
-        parser.error("--seed: only for --source tiny")
+    for flag, value in (("--seed", args.seed), ("--variant", args.variant)):
+        if value is not None and args.source != "tiny":
+            parser.error(f"{flag}: only for --source tiny")
     if args.out is not None and args.source not in ("tiny", "hub"):
         parser.error("--out: a folder source is verified in place, nothing is written there")
     manifest = make_snapshot(
@@ -630,6 +643,7 @@ def _snapshot_cli(verb: str, argv: list[str]) -> int:
         repo_id=args.repo_id,
         revision=args.revision,
         seed=args.seed or 0,
+        variant=args.variant or "u1",
         out=args.out,
         allow_patterns=args.allow_patterns,
     )

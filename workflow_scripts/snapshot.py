@@ -17,4 +17,5 @@ make_snapshot(
     repo_id=identity.get("repo_id"),
     revision=identity.get("revision"),
     seed=identity.get("tiny_seed", 0),
+    variant=identity.get("tiny_variant", "u1"),
 )

@@ -26,15 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from u1lib.data.buckets import (
-    RESIZE_POLICY,
-    Bucket,
-    BucketSpec,
-    assign_bucket,
-    check_source_size,
-    fit_to_bucket,
-    scale_factor,
-)
+from u1lib.data.buckets import BucketSpec, check_source_size, scale_factor
 from u1lib.data.images import BadItem, decode_image, encode_png
 from u1lib.data.schema import PACKED_COLUMNS, PACKED_SCHEMA, read_schema, schema_problems
 from u1lib.data.sources import Candidate, Skipped, Source, SourceItem, folder_source, parquet_source
@@ -72,16 +64,16 @@ def pack(
     return _pack(source, Path(out_dir), buckets, val_count, split_seed, strict)
 
 
-def convert_item(sample_id: str, item: SourceItem, spec: BucketSpec, buckets: tuple[Bucket, ...]) -> tuple[dict, float]:
+def convert_item(sample_id: str, item: SourceItem, spec: BucketSpec) -> tuple[dict, float]:
     """One dataset row (image fitted to its bucket, PNG-encoded) and the resize scale factor."""
     image = decode_image(item.image_bytes)
-    bucket = assign_bucket(image.width, image.height, buckets)
+    bucket = spec.bucket_for(image.width, image.height)
     check_source_size(image.width, image.height, bucket, spec.min_source_fraction)
     row = {
         "sample_id": sample_id,
         "caption": item.caption,
         "think": item.think,
-        "image": encode_png(fit_to_bucket(image, bucket)),
+        "image": encode_png(spec.fit(image, bucket)),
         "width": bucket.width,
         "height": bucket.height,
         "bucket": bucket.name,
@@ -131,9 +123,9 @@ def _pack(source: Source, out_dir: Path, spec: BucketSpec, val_count: int, split
             "skipped": len(skipped),
         },
         "per_bucket": per_bucket,
-        "buckets": {"spec": spec.to_dict(), "names": [b.name for b in spec.buckets()]},
+        "buckets": {"spec": spec.to_dict(), "names": _bucket_names(spec, per_bucket)},
         "resize": {
-            "policy": RESIZE_POLICY,
+            "policy": spec.resize_policy,
             "min_source_fraction": spec.min_source_fraction,
             "upscaled": sorted(sid for sid, s in scales.items() if s > 1),
             "downscaled_count": sum(1 for s in scales.values() if s < 1),
@@ -154,7 +146,6 @@ def _pack(source: Source, out_dir: Path, spec: BucketSpec, val_count: int, split
 
 def _stage(source: Source, staged: Path, spec: BucketSpec) -> tuple[dict[str, int], dict[str, float], list[Skipped]]:
     """Convert every candidate into its own row group of ``staged``; return id -> row group, scales, skips."""
-    buckets = spec.buckets()
     groups: dict[str, int] = {}
     scales: dict[str, float] = {}
     skipped = []
@@ -164,7 +155,7 @@ def _stage(source: Source, staged: Path, spec: BucketSpec) -> tuple[dict[str, in
                 skipped.append(item)
                 continue
             try:
-                row, scale = convert_item(item.sample_id, item.load(), spec, buckets)
+                row, scale = convert_item(item.sample_id, item.load(), spec)
             except BadItem as err:
                 skipped.append(Skipped(item.origin, err.reason, err.detail))
                 continue
@@ -197,6 +188,13 @@ def _write_splits(staged: Path, groups: dict[str, int], val_ids: set[str], out_d
                 writer.write_table(pa.concat_tables(pending[split]), row_group_size=ROW_GROUP_SIZE)
             writer.close()
     return {split: dict(sorted(counts.items())) for split, counts in per_bucket.items()}
+
+
+def _bucket_names(spec: BucketSpec, per_bucket: dict) -> list[str]:
+    """The spec's bucket list; for kind aspect (no list) the buckets the images got."""
+    if spec.kind == "aspect":
+        return sorted({*per_bucket["train"], *per_bucket["val"]})
+    return [bucket.name for bucket in spec.buckets()]
 
 
 def _listing(skipped: list[Skipped]) -> str:
@@ -256,7 +254,11 @@ def _cli_pack(argv: list[str]) -> int:
     out = parser.add_mutually_exclusive_group(required=True)
     out.add_argument("--out-dir", help="where train.parquet, val.parquet, stats.json go")
     out.add_argument("--out", help="one FILE.parquet of every usable item (no split), stats in FILE.stats.json")
-    parser.add_argument("--buckets", default="official", help="'official' (8B, ~4 MP) or 'area:<pixels>'")
+    parser.add_argument(
+        "--buckets",
+        default="official",
+        help="'official' (8B, ~4 MP), 'area:<pixels>' or 'aspect:<pixels>' (aspect kept, no crop)",
+    )
     parser.add_argument("--token-size", type=int, default=32, help="bucket sides are multiples of this (8B: 32)")
     parser.add_argument(
         "--min-source-fraction",
