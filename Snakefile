@@ -23,6 +23,7 @@ include: "rules/data.smk"
 include: "rules/cache.smk"
 include: "rules/train.smk"
 include: "rules/sample.smk"
+include: "rules/export.smk"
 include: "rules/report.smk"
 include: "rules/bench.smk"
 

@@ -18,12 +18,14 @@ from snakemake.utils import validate
 
 # The Snakefile's folder is first on sys.path, so this is the u1lib beside it; the job scripts
 # import that same copy (workflow_scripts/job_setup.py), so the code hashed below is the code that runs.
+from u1lib.data.buckets import BucketError, BucketSpec
 from u1lib.data.sources import IMAGE_SUFFIXES
 from u1lib.grid import BASE, GridError, apply_overrides, describe
 from u1lib.grid import expand as expand_grid  # Snakemake has its own expand
 from u1lib.provenance import git_commit
 from u1lib.modeling import ModelingPins
-from u1lib.snapshot import SnapshotError, folder_fingerprint
+from u1lib.model.config import ConfigError, U1Config
+from u1lib.snapshot import COMMIT_SHA, SnapshotError, folder_fingerprint, snapshot_dir
 from u1lib.source_hash import code_hash
 
 WORKFLOW_DIR = Path(workflow.basedir)
@@ -187,6 +189,7 @@ STAGE_CODE = {
     "cache": ["cache.py", "gpu_slots.py"],
     "train": ["train/launch.py", "gpu_slots.py"],
     "sample": ["sample.py", "gpu_slots.py"],
+    "export": ["lora/export.py"],
     "report": ["report/__init__.py", "provenance.py"],
     "bench": ["bench/__init__.py", "gpu_slots.py"],
 }
@@ -208,18 +211,20 @@ SOURCE_HINT = (
 
 def model_identity(model: dict) -> dict:
     """What makes the model what it is, per source; the snapshot and every stage reading the model
-    rerun exactly when it changes. tiny: the seed and the tiny builder's code (tiny.py and what it
-    imports). hub: repo and revision, which pin the files (no u1lib code decides them). A folder: its
-    path and the names, sizes and mtimes of its files (read there, never copied or written).
+    rerun exactly when it changes. tiny: the variant, the seed and the tiny builder's code (tiny.py
+    and what it imports). hub: repo and revision, which pin the files (no u1lib code decides them). A
+    folder: its path and the names, sizes and mtimes of its files (read there, never copied or written).
     """
     source = model["source"]
     if source == "tiny":
         return {
             "source": source,
+            "tiny_variant": model["tiny_variant"],
             "tiny_seed": model["tiny_seed"],
             "builder": code_hash(["tiny.py"]),
         }
     if source == "hub":
+        check_revision(model["repo_id"], model["revision"])
         return {
             "source": source,
             "repo_id": model["repo_id"],
@@ -237,6 +242,20 @@ def model_identity(model: dict) -> dict:
             "installed into it; set model.modeling_source: none (the native engine needs none)"
         )
     return {"source": source, "files": folder_fingerprint(source)}
+
+
+def check_revision(repo_id: str, revision) -> None:
+    """A hub model is pinned by a full commit sha; anything else stops here, saying where to find one."""
+    if isinstance(revision, str) and COMMIT_SHA.match(revision):
+        return
+    given = "null" if revision is None else repr(revision)
+    raise WorkflowError(
+        f"model.revision {given}: {repo_id} is downloaded at one commit, named by its full 40-hex sha "
+        "(a branch or tag can move, so the snapshot would not be reproducible). Find the sha on "
+        f"https://huggingface.co/{repo_id}/commits/main (the model page's 'Files and versions' tab, "
+        "then 'History') and set model.revision to it, e.g. in a file given last: --configfile "
+        f"{' '.join(CONFIG_FILES)} my-revision.yaml, holding 'model: {{revision: <sha>}}'"
+    )
 
 
 def check_dataset_source(value: str) -> None:
@@ -275,6 +294,102 @@ MODEL_IDENTITY = canonical(model_identity(config["model"]))
 check_dataset_source(config["dataset"]["source"])
 
 
+# ------------------------------------------------------------------ the model's token size
+
+# Pixels per token side (patch_size x merge) of each tiny variant, as u1lib/tiny.py builds it: known
+# without building the model or importing torch; tests/workflow/test_tiny_variants.py holds them to
+# the builder.
+TINY_TOKEN_SIZE = {"u1": 8, "u15": 32, "a3b": 8}
+
+
+def config_token_size(folder: Path) -> int | None:
+    """The token size in ``folder``'s config.json; None where it cannot be read (the snapshot stage
+    then says why)."""
+    try:
+        return U1Config.from_file(folder).token_size
+    except (ConfigError, OSError, ValueError):
+        return None
+
+
+def static_token_size(model: dict) -> tuple[int | None, str]:
+    """The model's token size where the config alone decides it (the tiny variant, the config.json of
+    a folder of yours), and what it is; None for a hub model, whose files the snapshot job fetches.
+    """
+    source = model["source"]
+    if source == "tiny":
+        variant = model["tiny_variant"]
+        return TINY_TOKEN_SIZE[variant], f"the tiny {variant} model"
+    if source == "hub":
+        return None, f"{model['repo_id']}@{model['revision']}"
+    return config_token_size(Path(source)), f"{source}/config.json"
+
+
+def downloaded_token_size() -> int | None:
+    """A hub model's token size from the snapshot this project already holds, if it is of this
+    revision (for the checks below only: what reruns must not depend on what is downloaded).
+    """
+    manifest_path = Path(f"results/models/{config['model']['name']}/manifest.json")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        pinned = (manifest["repo_id"], manifest["revision"])
+        folder = snapshot_dir(manifest_path, manifest)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if pinned != (config["model"]["repo_id"], config["model"]["revision"]):
+        return None
+    return config_token_size(folder)
+
+
+STATIC_TOKEN_SIZE, TOKEN_SIZE_FROM = static_token_size(config["model"])
+KNOWN_TOKEN_SIZE = STATIC_TOKEN_SIZE or (
+    downloaded_token_size() if config["model"]["source"] == "hub" else None
+)
+
+
+def pack_buckets(buckets: dict) -> dict:
+    """dataset.buckets with token_size resolved where the config decides it: auto becomes the model's
+    (so auto and the same number written out are the same params); for a hub model auto stays, and the
+    pack job reads it from the snapshot. A number must be a multiple of the model's."""
+    token = buckets["token_size"]
+    where = f"invalid config ({', '.join(CONFIG_FILES)})"
+    if token != "auto" and KNOWN_TOKEN_SIZE and token % KNOWN_TOKEN_SIZE:
+        raise WorkflowError(
+            f"{where}:\n  dataset.buckets.token_size {token}: not a multiple of the model's token size "
+            f"{KNOWN_TOKEN_SIZE} ({TOKEN_SIZE_FROM}); write auto (the default) to follow the model"
+        )
+    if token == "auto" and STATIC_TOKEN_SIZE:
+        token = STATIC_TOKEN_SIZE
+    if token != "auto":
+        try:
+            BucketSpec.from_dict({**buckets, "token_size": token})
+        except BucketError as err:
+            raise WorkflowError(f"{where}:\n  dataset.buckets: {err}") from None
+    return {**buckets, "token_size": token}
+
+
+def check_sample_sizes() -> None:
+    """sample.width and sample.height of every variant must be multiples of the model's token size."""
+    if not KNOWN_TOKEN_SIZE:
+        return  # a hub model not downloaded yet: the sampler checks them
+    token, problems = KNOWN_TOKEN_SIZE, []
+    for name, resolved in VARIANT_CONFIG.items():
+        for key in ("width", "height"):
+            value = resolved["sample"][key]
+            if value % token == 0 or (name != BASE and value == config["sample"][key]):
+                continue
+            below = max(token, value // token * token)
+            above = (value // token + 1) * token
+            who = "" if name == BASE else f"variant {name}: "
+            problems.append(
+                f"{who}sample.{key} {value}: not a multiple of the model's token size {token} "
+                f"({TOKEN_SIZE_FROM}); the nearest are {below} and {above}"
+            )
+    raise_problems(f"invalid config ({', '.join(CONFIG_FILES)})", problems)
+
+
+check_sample_sizes()
+
+
 # ------------------------------------------------------------------ plain values
 
 
@@ -284,11 +399,14 @@ GPUS_PER_JOB = config["resources"]["gpus_per_job"]
 GPUS_PER_TRAIN_JOB = config["resources"]["gpus_per_train_job"]
 PACK_SETTINGS = canonical(
     {
-        key: config["dataset"][key]
-        for key in ("buckets", "val_count", "split_seed", "strict")
+        "buckets": pack_buckets(config["dataset"]["buckets"]),
+        **{
+            key: config["dataset"][key] for key in ("val_count", "split_seed", "strict")
+        },
     }
 )
 CACHE_SETTINGS = canonical(config["cache"])
+EXPORT_SETTINGS = canonical(config["export"])
 # dataset.val_count 0 holds nothing out: training then measures its validation loss on training images
 HELD_OUT = config["dataset"]["val_count"] > 0
 BENCH_SETTINGS = canonical(config["bench"])
@@ -358,6 +476,16 @@ def dataset_source(wildcards) -> str:
     return source
 
 
+def pack_model(wildcards) -> str | list:
+    """The model's manifest when the pack job must read the token size from the snapshot (token_size
+    auto with a hub model: its config.json arrives with the download); ancient(), for the order of
+    jobs only, so a new revision of the same repo repacks nothing. No input otherwise.
+    """
+    if PACK_SETTINGS["buckets"]["token_size"] != "auto":
+        return []
+    return ancient(rules.snapshot.output.manifest.format(model=MODEL))
+
+
 def dataset_fingerprint(wildcards) -> str | None:
     """Names, sizes and mtimes of a source folder's files: Snakemake sees a folder's mtime only,
     which does not change when a caption is edited in place. None for demo and parquet sources.
@@ -417,9 +545,16 @@ def sample_adapter(wildcards) -> str | list:
     return rules.train.output.adapter.format(variant=wildcards.variant)
 
 
+def export_adapter(wildcards) -> str:
+    """The adapter to export (config export.adapter): the final one or the best-validation one."""
+    output = "adapter" if config["export"]["adapter"] == "final" else "adapter_best"
+    return getattr(rules.train.output, output).format(variant=wildcards.variant)
+
+
 def report_inputs(wildcards) -> dict[str, list[str]]:
     return {
         "runs": expand(rules.train.output, variant=TRAINED),
+        "exports": expand(rules.export.output.report, variant=TRAINED),
         "samples": expand(
             rules.sample.output.index, variant=SAMPLED, prompt_set=PROMPT_SET
         ),

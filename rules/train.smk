@@ -11,6 +11,8 @@ rule train:
         train_log="results/runs/{variant}/train_log.jsonl",
         val_log="results/runs/{variant}/val_log.jsonl",
         config="results/runs/{variant}/config.json",
+        adapter_best="results/runs/{variant}/adapter_best.safetensors",
+        previews="results/runs/{variant}/previews/index.json",
     log:
         "results/logs/train/{variant}.log",
     benchmark:

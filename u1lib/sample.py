@@ -8,7 +8,6 @@ as training, through the same prefix code.
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import time
 import unicodedata
@@ -17,15 +16,15 @@ from pathlib import Path
 
 import torch
 import yaml
-from PIL import Image
 
 from u1lib.data.prompts import PromptSpec, cond_text, load_tokenizer
+from u1lib.data.reader import image_png
 from u1lib.device import resolve_device, resolve_dtype
 from u1lib.io import write_bytes, write_json
 from u1lib.lora.adapter import unwrap
 from u1lib.lora.io import bake_lora, read_lora_file, wrap_from_file
 from u1lib.model.loading import load_model
-from u1lib.model.sampling import CFG_NORMS, SAMPLER_T_EPS, euler_sample
+from u1lib.model.sampling import CFG_NORMS, SAMPLER_T_EPS, euler_sample, initial_noise
 from u1lib.model.think import think
 from u1lib.model.u1 import PrefixKV, U1Model
 from u1lib.names import check_name
@@ -121,11 +120,6 @@ def load_prompts(path: Path) -> list[dict]:
     return prompts
 
 
-def initial_noise(seed: int, height: int, width: int, noise_scale: float) -> torch.Tensor:
-    """[1, 3, H, W] from a CPU generator: device independent, as upstream's CPU seeding."""
-    return noise_scale * torch.randn((1, 3, height, width), generator=torch.Generator("cpu").manual_seed(seed))
-
-
 def _inside(folder: Path, name: str) -> Path:
     """``folder / name``, refused unless it resolves to a file directly in ``folder`` (a guard behind check_name)."""
     path = folder / name
@@ -157,14 +151,6 @@ class _Progress:
             per_image,
             _duration(per_image * (self.total - self.done)),
         )
-
-
-def to_png(image: torch.Tensor) -> bytes:
-    """[3, H, W] in [-1, 1] -> PNG bytes (clamp, scale, round)."""
-    pixels = ((image.float() * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 class Sampler:
@@ -285,7 +271,7 @@ class Sampler:
             stale.unlink()
         records = []
         for (entry, seed), image, path in zip(jobs, images, files):
-            write_bytes(path, to_png(image))
+            write_bytes(path, image_png(image))
             record = {"prompt_id": entry["id"], "prompt": entry["prompt"], "seed": seed, "file": path.name}
             if entry["prompt"] in self.thoughts:
                 record["think"] = self.thoughts[entry["prompt"]]

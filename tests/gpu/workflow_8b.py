@@ -33,7 +33,14 @@ REPO = Path(__file__).resolve().parents[2]
 def overlay(snapshot: Path, steps: int) -> dict:
     return {
         "model": {"name": "u1-8b-random", "source": str(snapshot), "modeling_source": "none"},
-        "train": {"steps": steps, "val_every": max(1, steps // 4), "ckpt_every": max(1, steps // 2), "log_every": 5},
+        "train": {
+            "steps": steps,
+            "val_every": max(1, steps // 4),
+            "ckpt_every": max(1, steps // 2),
+            "save_every": max(1, steps // 2),
+            "preview_every": max(1, steps // 2),
+            "log_every": 5,
+        },
         "sample": {"steps": 8, "width": 1024, "height": 1024, "seeds": [0]},
         "grid": {"axes": {"train.loss_type": ["x0", "v"], "train.t_dist": ["uniform"]}},
     }
@@ -106,9 +113,18 @@ def main() -> int:
         metrics = json.loads(metrics_path.read_text())
         first, last = metrics.get("initial_val_loss"), metrics.get("final_val_loss")
         learned &= first is not None and last is not None and last < first
+        run = metrics_path.parent
+        previews_index, export_index = run / "previews" / "index.json", run / "export" / "export.json"
+        previews = json.loads(previews_index.read_text())["steps"] if previews_index.is_file() else []
+        exported = json.loads(export_index.read_text())["verification"] if export_index.is_file() else {}
+        checks = [check["ok"] for check in exported.values() if isinstance(check, dict)]
+        complete = bool(previews and checks and all(checks)) and (run / "adapter_best.safetensors").is_file()
+        complete &= any((run / "tensorboard").glob("events.*"))
+        learned &= complete
         print(
-            f"{metrics_path.parent.name}: val {first} -> {last}, {metrics.get('s_per_step')} s/step, "
-            f"{metrics.get('device')}"
+            f"{run.name}: val {first} -> {last}, {metrics.get('s_per_step')} s/step, {metrics.get('device')}; "
+            f"previews at steps {[s['step'] for s in previews]}, best adapter step "
+            f"{metrics['best_adapter']['step']}, exports verified: {complete}"
         )
     return returncode or (0 if learned else 3)
 

@@ -14,6 +14,7 @@ DEFAULT_JOBS = {
     "pack": 1,
     "cache": 1,
     "train": 4,
+    "export": 4,
     "sample": 5,
     "write_variants": 1,
     "report": 1,
@@ -49,7 +50,7 @@ def test_u1_8b_presets_replace_the_default_config(workflow):
 
 def test_schema_defaults_alone_make_a_runnable_config(workflow):
     empty = workflow.write_config("empty.yaml", {})
-    assert workflow.planned_jobs("--configfile", empty) == {**DEFAULT_JOBS, "train": 1, "sample": 2}
+    assert workflow.planned_jobs("--configfile", empty) == {**DEFAULT_JOBS, "train": 1, "export": 1, "sample": 2}
 
 
 def test_bench_is_an_optional_target(workflow):

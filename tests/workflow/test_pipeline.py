@@ -3,6 +3,10 @@
 import json
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from u1lib.lora.export import read_peft
+from u1lib.lora.io import read_lora_file
 
 
 @pytest.mark.integration
@@ -19,7 +23,7 @@ def test_data_stages_run_for_real(workflow):
 @pytest.mark.integration
 def test_whole_tiny_pipeline_then_a_sampler_change(workflow):
     config = workflow.config()  # the default config, fewer steps
-    config["train"].update(steps=20, val_every=10, ckpt_every=10)
+    config["train"].update(steps=20, val_every=10, ckpt_every=10, save_every=10, preview_every=10)
     config["sample"].update(steps=4, seeds=[0])
     short = workflow.write_config("short.yaml", config)
     workflow.snakemake("--cores", "2", "--configfile", short)
@@ -36,6 +40,22 @@ def test_whole_tiny_pipeline_then_a_sampler_change(workflow):
         for output in ("adapter.safetensors", "metrics.json", "train_log.jsonl", "val_log.jsonl", "config.json"):
             assert (results / "runs" / name / output).is_file()
     assert json.loads((results / "runs/base/samples/demo/index.json").read_text())["images"]
+    html = (results / "report.html").read_text()
+    assert "Leaderboard" in html and "adapter_best.safetensors" in html
+    for name in variants["variants"]:
+        run = results / "runs" / name
+        events = EventAccumulator(str(run / "tensorboard"))
+        events.Reload()
+        assert {"train/loss", "train/lr", "train/grad_norm", "val/x0_mse"} <= set(events.Tags()["scalars"])
+        assert [s["step"] for s in json.loads((run / "previews/index.json").read_text())["steps"]] == [0, 10, 20]
+        best = json.loads((run / "metrics.json").read_text())["best_adapter"]
+        assert best["step"] in (10, 20) and (run / "adapter_best.safetensors").is_file()
+        exported = json.loads((run / "export/export.json").read_text())
+        checks = {k: v for k, v in exported["verification"].items() if isinstance(v, dict)}
+        assert checks and all(check["ok"] for check in checks.values()), checks
+        source = read_lora_file(run / "adapter.safetensors")
+        assert read_lora_file(run / "export/lora_upstream.safetensors").triples.keys() == source.triples.keys()
+        assert read_peft(run / "export/peft").keys() == source.triples.keys()
 
     config["sample"]["cfg_scale"] = 2.0
     changed = workflow.write_config("cfg.yaml", config)

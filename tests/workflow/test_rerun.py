@@ -50,12 +50,12 @@ def test_sampler_knob_reruns_sample_and_report_only(finished):
 
 def test_new_trigger_reruns_cache_train_sample_report_but_not_pack(finished):
     plan = plan_with(finished, "trigger.yaml", lambda config: config["prompt"].update(trigger="ohwx"))
-    assert plan == {"cache": 1, "train": 4, "sample": 5, "report": 1, "all": 1}
+    assert plan == {"cache": 1, "train": 4, "export": 4, "sample": 5, "report": 1, "all": 1}
 
 
 def test_new_axis_value_trains_only_the_new_variants(finished):
     plan = plan_with(finished, "axis.yaml", lambda config: config["grid"]["axes"]["train.loss_type"].append("huber_x0"))
-    assert plan == {"train": 2, "sample": 2, "write_variants": 1, "report": 1, "all": 1}
+    assert plan == {"train": 2, "export": 2, "sample": 2, "write_variants": 1, "report": 1, "all": 1}
     dry_run = finished.snakemake("--dry-run", "--configfile", str(finished.root / "config" / "axis.yaml")).stdout
     assert "results/runs/loss-huber_x0_t-uniform/adapter.safetensors" in dry_run
     assert "results/runs/loss-x0_t-uniform/adapter.safetensors" not in dry_run.split("rule report:")[0]
@@ -63,16 +63,16 @@ def test_new_axis_value_trains_only_the_new_variants(finished):
 
 def test_pack_knob_reruns_everything_after_pack_but_the_base_samples(finished):
     plan = plan_with(finished, "val.yaml", lambda config: config["dataset"].update(val_count=3))
-    assert plan == {"pack": 1, "cache": 1, "train": 4, "sample": 4, "report": 1, "all": 1}
+    assert plan == {"pack": 1, "cache": 1, "train": 4, "export": 4, "sample": 4, "report": 1, "all": 1}
 
 
 def test_u1lib_code_changes_rerun_the_stages_that_import_them(finished):
     with edited_module(finished, "report/html.py"):
         assert finished.planned_jobs() == {"report": 1, "all": 1}
     with edited_module(finished, "lora/spec.py"):
-        assert finished.planned_jobs() == {"train": 4, "sample": 5, "report": 1, "all": 1}
+        assert finished.planned_jobs() == {"train": 4, "export": 4, "sample": 5, "report": 1, "all": 1}
     with edited_module(finished, "cache.py"):  # the sampler computes its prefixes itself: base samples stay
-        assert finished.planned_jobs() == {"cache": 1, "train": 4, "sample": 4, "report": 1, "all": 1}
+        assert finished.planned_jobs() == {"cache": 1, "train": 4, "export": 4, "sample": 4, "report": 1, "all": 1}
     assert finished.planned_jobs() == {}
 
 

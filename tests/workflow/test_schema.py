@@ -73,7 +73,7 @@ def test_train_keys_and_defaults_match_the_engine():
     import u1lib.train.settings as settings
 
     engine = {
-        f.name: normalised(f.default)
+        f.name: normalised(default_of(f))
         for f in dataclasses.fields(settings.TrainSettings)
         if f.name not in ("device", "extra")
     }  # device: runtime, chosen by the job

@@ -210,9 +210,9 @@ def test_gpu_jobs_are_submitted_with_their_resources_and_run(workflow, slurm):
     results = workflow.workdir / "results"
     assert (results / "report.html").stat().st_size > 0
     submissions = slurm.submissions()
-    assert sorted(job["rule"] for job in submissions) == ["cache", "pack", "sample", "sample", "train"]
+    assert sorted(job["rule"] for job in submissions) == ["cache", "export", "pack", "sample", "sample", "train"]
     assert not LOCAL_RULES & {job["rule"] for job in submissions}
-    gpus_per_rule = {"pack": None, "cache": "1", "sample": "1", "train": "2"}
+    gpus_per_rule = {"pack": None, "export": None, "cache": "1", "sample": "1", "train": "2"}
     run_names = {job["options"]["--job-name"] for job in submissions}
     assert len(run_names) == 1
     for job in submissions:

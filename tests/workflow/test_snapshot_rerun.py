@@ -22,11 +22,12 @@ EVERYTHING_READING_THE_MODEL = {
     "install_modeling": 1,
     "cache": 1,
     "train": 4,
+    "export": 4,
     "sample": 5,
     "report": 1,
     "all": 1,
 }
-LAYERS_READERS = {"cache": 1, "train": 4, "sample": 5, "report": 1, "all": 1}
+LAYERS_READERS = {"cache": 1, "train": 4, "export": 4, "sample": 5, "report": 1, "all": 1}
 
 
 def hub_config(workflow, revision: str = REVISION, name: str = "hub.yaml") -> str:

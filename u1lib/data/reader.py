@@ -126,6 +126,14 @@ def load_image_tensor(png_bytes: bytes) -> torch.Tensor:
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous().to(torch.float32) / 127.5 - 1.0
 
 
+def image_png(image: torch.Tensor) -> bytes:
+    """[3, H, W] in [-1, 1] -> PNG bytes (clamp, scale, round): what a sampled image is stored as."""
+    pixels = ((image.float() * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=STORED_FORMAT)
+    return buffer.getvalue()
+
+
 def _hash_order(count: int, salt: str) -> list[int]:
     """A permutation of range(count) from sha256 keys: stable across Python and library versions."""
     return sorted(range(count), key=lambda k: hashlib.sha256(f"{salt}:{k}".encode()).digest())

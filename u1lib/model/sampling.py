@@ -57,6 +57,11 @@ def combine_cfg(v_cond, v_uncond, scale: float, norm: str, step: int, taps: dict
     return v * ratio
 
 
+def initial_noise(seed: int, height: int, width: int, noise_scale: float) -> torch.Tensor:
+    """[1, 3, H, W] from a CPU generator: device independent, as upstream's CPU seeding."""
+    return noise_scale * torch.randn((1, 3, height, width), generator=torch.Generator("cpu").manual_seed(seed))
+
+
 # called once per step with the step index and a record: ``z`` (state before the step), ``v_cond``,
 # ``v_pred`` (the velocity used), and where CFG ran ``v_uncond`` plus ``scale`` / ``alpha`` per cfg_norm
 StepObserver = Callable[[int, dict[str, torch.Tensor]], None]

@@ -128,7 +128,8 @@ def _leaderboard_section(standings, base_value, knobs, labels, styles, effects, 
         html.paragraph(
             "Ranked by each run's best validation loss; 'vs base model' is that loss minus the run's own step-0 "
             "validation (the untrained model on the same images, t grid and noise), 'vs best' minus the leader's. "
-            "The adapter holds the last step's weights (its loss: 'last validation')."
+            "adapter.safetensors holds the last step's weights (its loss: 'last validation'); "
+            "adapter_best.safetensors those of the best validation step after step 0 (runs table, files)."
         ),
         html.table(tables.leaderboard_table(standings, base_value, knobs, labels, styles), "leaderboard"),
         html.figures({"best validation loss per variant": dots}),

@@ -209,6 +209,8 @@ def run_files(run: Run, page_dir: Path) -> tuple[Link, ...]:
     """Links to what the run wrote (only files that exist), relative to the page."""
     names = {
         "adapter": "adapter.safetensors",
+        "best adapter": "adapter_best.safetensors",
+        "exports": "export/export.json",
         "metrics": "metrics.json",
         "config": "config.json",
         "train log": "train_log.jsonl",

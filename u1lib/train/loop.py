@@ -31,13 +31,15 @@ from u1lib.prefix import PrefixEncoder
 from u1lib.snapshot import require_verified
 from u1lib.source_hash import code_hash
 from u1lib.train import checkpoint as ckpt
+from u1lib.train.adapter_files import AdapterFiles
 from u1lib.train.distributed import init_from_env
 from u1lib.train.inputs import open_cache, open_data
 from u1lib.train.metrics import THistogram
-from u1lib.train.objectives import flow_loss
+from u1lib.train.objectives import flow_loss, image_weights
 from u1lib.train.optim import lr_factor, make_optimizer
 from u1lib.train.prefetch import BatchPrefetcher
 from u1lib.train.prefixes import PrefixSource
+from u1lib.train.previews import Previewer, PreviewSettings
 from u1lib.train.progress import TrainProgress
 from u1lib.train.resume import choose_checkpoint
 from u1lib.train.run_folder import TRAIN_LOG, VAL_LOG, RunLogs, run_lock
@@ -45,6 +47,7 @@ from u1lib.train.settings import TrainSettings
 from u1lib.train.stop import TrainingInterrupted, stop_on_signals
 from u1lib.train.summary import run_metrics
 from u1lib.train.timesteps import sample_t
+from u1lib.train.tracking import Trackers
 from u1lib.train.validation import Validator
 
 log = logging.getLogger(__name__)
@@ -119,6 +122,8 @@ class Trainer:
         self.ema = {n: p.detach().clone() for n, p in zip(self.trainable_names, self.params)} if s.ema else {}
         self.sampler = BucketBatchSampler(self.train_data, s.batch_size, seed=s.seed, drop_last=True)
         self.loader = BatchPrefetcher(self.train_data, pin_memory=self.device.type == "cuda")
+        data, token = self.train_data, self.model.config.token_size
+        self.weights = image_weights(data.widths, data.heights, token, s.token_weighting)  # None: equal
         self.prefixes = self._prefix_source(cache, snapshot_dir, prompt)
         self.validator = Validator(
             self.val_data,
@@ -131,6 +136,18 @@ class Trainer:
         )
         self.lineage = self._lineage(cache, prompt)
         self.logs = RunLogs(self.run_dir, writes=self.dist.is_main)
+        self.run_config = {"train": s.to_dict(), "prompt": prompt or {}}
+        self.adapters = AdapterFiles(self.run_dir, self._write_adapter, save_every=s.save_every)
+        self.previewer = Previewer(
+            PreviewSettings.from_dict(s.preview), self.val_data, self.prefixes, self.run_dir / "previews", self.device
+        )
+        main = self.dist.is_main  # the other ranks write no files
+        self.trackers = Trackers(
+            self.run_dir,
+            tensorboard=s.tensorboard and main,
+            wandb_project=s.wandb_project if main else None,
+            config=self.run_config,
+        )
         self.generator = torch.Generator(device=self.device).manual_seed(s.seed)
         self.step, self.images_seen, self.dropped_total = 0, 0, 0
         self.t_hist = THistogram()
@@ -222,6 +239,13 @@ class Trainer:
                 self.progress.validated(self.logs.records[VAL_LOG][-1])
         return True
 
+    def _write_adapter(self, path: Path, step: int) -> int:
+        metadata = adapter_metadata(
+            config=self.run_config, spec=self.s.lora, base_revision=str(self.manifest.get("revision")), step=step
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return save_adapter(self.model, path, list(self.surface.full_ft), metadata, factor_dtype=self.s.adapter_dtype)
+
     # fit ------------------------------------------------------------------------------------
     def _next_batch(self) -> list[int]:
         for batch in self.sampler:
@@ -250,6 +274,8 @@ class Trainer:
                 loss_type=s.loss_type,
                 t_eps=self.t_eps,
                 huber_delta=s.huber_delta,
+                weights=None if self.weights is None else self.weights[batch][part].to(self.device),
+                clamp_noise_scale=s.noise_scale == "clamped",
             )
         (out.loss / s.grad_accum).backward()
         self.t_hist.add(t)
@@ -314,24 +340,64 @@ class Trainer:
         self.model.train()
         self.logs.append(VAL_LOG, record)
         self.progress.validated(record)
+        if self.dist.is_main:
+            self.trackers.validated(record)
+            self.adapters.validated(record, self.logs.records[VAL_LOG])
+
+    def preview(self) -> None:
+        if not self.dist.is_main:
+            return
+        self.model.eval()
+        images = self.previewer.run(self.model, self.step, self.autocast)
+        self.model.train()
+        self.trackers.previewed(self.step, images)
+
+    def _start(self) -> None:
+        """Resume, or start from step 0 with the base model's validation and previews; the run's
+        files past the resumed step (or all, from step 0) go, and the trackers replay the history."""
+        s, resumed = self.s, self.resume()
+        if self.dist.is_main:
+            if not resumed:
+                self.logs.start_fresh()
+                self.adapters.start_fresh()
+            self.adapters.discard_after(self.step)
+            self.previewer.discard_after(self.step if resumed else -1)
+            self.trackers.open(self.step, self.logs.records, self.previewer.root)
+        if not resumed:
+            if s.val_every:
+                self.validate()  # step 0: the base model's loss
+            if s.preview_every:
+                self.preview()
 
     def fit(self) -> None:
         s = self.s
-        if not self.resume():
-            self.logs.start_fresh()
-            if s.val_every:
-                self.validate()  # step 0: the base model's loss
+        try:
+            self._fit(s)
+        finally:
+            self.trackers.close()
+
+    def _fit(self, s: TrainSettings) -> None:
+        self._start()
         with stop_on_signals(enabled=not self.dist.active) as stop:
             while self.step < s.steps:
                 record = self.train_step()
                 self.logs.append(TRAIN_LOG, record)
-                if s.val_every and (self.step % s.val_every == 0 or self.step == s.steps):
+                last = self.step == s.steps
+                if self.dist.is_main:
+                    self.trackers.trained(record)
+                    self.adapters.trained(self.step, last)
+                if s.val_every and (self.step % s.val_every == 0 or last):
                     self.validate()
+                if s.preview_every and (self.step % s.preview_every == 0 or last):
+                    self.preview()
                 if self.dist.is_main and (self.step % s.log_every == 0 or self.step == s.steps or stop.signal_name):
                     self.progress.step(self.step, record["loss"])
                 periodic = s.ckpt_every and (self.step % s.ckpt_every == 0 or self.step == s.steps)
                 if periodic or stop.signal_name:
                     self.save_checkpoint()
+                    if self.dist.is_main:
+                        kept = [ckpt.checkpoint_step(p) for p in ckpt.list_checkpoints(self.run_dir / "checkpoints")]
+                        self.adapters.prune(self.logs.records[VAL_LOG], kept)
                 if stop.signal_name:
                     raise TrainingInterrupted(
                         f"{stop.signal_name}: stopped at step {self.step} of {s.steps} with a checkpoint in "
@@ -340,21 +406,20 @@ class Trainer:
         self.dist.barrier()
 
     # save ---------------------------------------------------------------------------------
-    def save(self, settings_dict: dict) -> dict:
+    def save(self) -> dict:
         if not self.dist.is_main:
             return {}
         if self.ema:  # the EMA weights are the deliverable when EMA is on
             with torch.no_grad():
                 for name, param in zip(self.trainable_names, self.params):
                     param.copy_(self.ema[name])
-        metadata = adapter_metadata(
-            config=settings_dict, spec=self.s.lora, base_revision=str(self.manifest.get("revision")), step=self.step
-        )
         adapter_path = self.run_dir / "adapter.safetensors"
-        adapter_bytes = save_adapter(self.model, adapter_path, list(self.surface.full_ft), metadata)
-        metrics = {**run_metrics(self), "adapter_bytes": adapter_bytes}
+        adapter_bytes = self._write_adapter(adapter_path, self.step)
+        best = self.adapters.finish(self.logs.records[VAL_LOG], adapter_path)
+        self.previewer.write_summary()
+        metrics = {**run_metrics(self), "adapter_bytes": adapter_bytes, "best_adapter": best}
         write_json(self.run_dir / "metrics.json", metrics)
-        write_json(self.run_dir / "config.json", settings_dict)
+        write_json(self.run_dir / "config.json", self.run_config)
         self.progress.finished(metrics, str(adapter_path))
         return metrics
 
@@ -394,4 +459,4 @@ def train(
             on_incompatible=on_incompatible,
         )
         trainer.fit()
-        return trainer.save({"train": s.to_dict(), "prompt": prompt or {}})
+        return trainer.save()

@@ -6,8 +6,10 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
+from u1lib.lora.io import FACTOR_DTYPES
 from u1lib.settings import from_section
-from u1lib.train.objectives import LOSS_TYPES
+from u1lib.train.objectives import LOSS_TYPES, NOISE_SCALES, TOKEN_WEIGHTINGS
+from u1lib.train.previews import PreviewSettings
 from u1lib.train.timesteps import T_DISTS
 
 
@@ -22,6 +24,8 @@ class TrainSettings:
     full_ft: tuple[str, ...] = ()
     loss_type: str = "x0"
     huber_delta: float = 1.0
+    token_weighting: str = "none"  # sqrt: image loss weight ∝ sqrt(tokens) (objectives.image_weights)
+    noise_scale: str = "clamped"  # unclamped: upstream's training noise scale (model/config.py)
     t_dist: str = "uniform"
     t_mean: float = -0.8
     t_std: float = 0.8
@@ -52,6 +56,12 @@ class TrainSettings:
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     device: str = "auto"
     upstream_lora: dict | None = None  # {"path": ..., "skip": [...]}
+    save_every: int = 0  # also keep the adapter every N steps (adapters/step-N.safetensors); 0: only final + best
+    preview_every: int = 0  # preview samples every N steps (previews/step-N/); 0: none
+    preview: dict = dataclasses.field(default_factory=dict)  # PreviewSettings keys (train/previews.py)
+    tensorboard: bool = True  # event files in run_dir/tensorboard
+    wandb_project: str | None = None  # also log to this W&B project (needs the wandb package)
+    adapter_dtype: str = "float32"  # dtype of the saved LoRA factors: float32 | bfloat16 (U1.5's own files)
 
     # settings that may change between a checkpoint and its resume without changing the math
     # (memory and speed modes are tested to give the same numbers, so they may change too); steps
@@ -68,12 +78,20 @@ class TrainSettings:
         "swap_layers",
         "keep_attention",
         "compile",
+        "save_every",
+        "preview_every",
+        "preview",
+        "tensorboard",
+        "wandb_project",
+        "adapter_dtype",
     )
 
     def __post_init__(self):
         problems = []
         choices = {
             "loss_type": LOSS_TYPES,
+            "token_weighting": TOKEN_WEIGHTINGS,
+            "noise_scale": NOISE_SCALES,
             "t_dist": T_DISTS,
             "optimizer": ("adamw", "adamw8bit"),
             "schedule": ("constant", "cosine"),
@@ -94,6 +112,15 @@ class TrainSettings:
             problems.append(f"train.ema: decay {self.ema} must be in (0, 1) or null")
         if not isinstance(self.swap_layers, int) or self.swap_layers < 0:
             problems.append(f"train.swap_layers: must be a non-negative integer, got {self.swap_layers!r}")
+        for name in ("save_every", "preview_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                problems.append(f"train.{name}: must be a non-negative integer (0: off), got {getattr(self, name)!r}")
+        if self.adapter_dtype not in FACTOR_DTYPES:
+            problems.append(f"train.adapter_dtype: {self.adapter_dtype!r} is not one of {', '.join(FACTOR_DTYPES)}")
+        try:
+            PreviewSettings.from_dict(self.preview)
+        except ValueError as err:
+            problems.append(str(err).replace("\n  ", "; "))
         ck = self.checkpointing
         if not (ck in ("none", "all") or (isinstance(ck, int) and ck >= 0)):
             problems.append(f"train.checkpointing: {ck!r} is not none, all or a non-negative integer")

@@ -1,0 +1,170 @@
+"""What a run leaves for judging it while it trains: previews, periodic and best adapters, TensorBoard."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from u1lib.io import read_json, read_jsonl
+from u1lib.train import loop
+from u1lib.train.loop import train
+from u1lib.train.settings import TrainSettings
+
+SETTINGS = {
+    "steps": 6,
+    "batch_size": 2,
+    "lr": 3e-3,
+    "lora": "attn=r4a4;mlp=r4a4",
+    "val_every": 2,
+    "val_max_items": 2,
+    "ckpt_every": 2,
+    "keep_checkpoints": 1,
+    "log_every": 100,
+    "save_every": 4,
+    "preview_every": 3,
+    "preview": {"count": 2, "seeds": [0, 5], "steps": 3},
+}
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL."""
+
+
+def _run(ws, run_dir, on_incompatible="refuse", **overrides):
+    paths = {k: ws[k] for k in ("snapshot_dir", "manifest_path", "train_parquet", "val_parquet", "cache_dir")}
+    return train({**SETTINGS, **overrides}, run_dir=run_dir, on_incompatible=on_incompatible, **paths)
+
+
+def _events(run_dir) -> EventAccumulator:
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    return events
+
+
+def _scalar_steps(events, tag):
+    return [(e.step, round(e.value, 6)) for e in events.Scalars(tag)]
+
+
+@pytest.fixture(scope="module")
+def straight(tiny_workspace, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("straight")
+    return run_dir, _run(tiny_workspace, run_dir)
+
+
+def test_previews_at_step_zero_every_n_steps_and_the_last(straight):
+    run_dir, _ = straight
+    summary = read_json(run_dir / "previews" / "index.json")
+    assert [s["step"] for s in summary["steps"]] == [0, 3, 6]
+    first = read_json(run_dir / "previews" / summary["steps"][0]["index"])
+    assert first["step"] == 0
+    assert [(i["seed"], i["file"]) for i in first["images"]] == [
+        (0, "00_seed0.png"),
+        (5, "00_seed5.png"),
+        (0, "01_seed0.png"),
+        (5, "01_seed5.png"),
+    ]
+    for entry in summary["steps"]:
+        folder = (run_dir / "previews" / entry["index"]).parent
+        assert all((folder / i["file"]).stat().st_size > 0 for i in read_json(folder / "index.json")["images"])
+    reference = read_json(run_dir / "previews" / summary["reference"])
+    assert [r["prompt_id"] for r in first["images"][::2]] == [r["sample_id"] for r in reference["images"]]
+    # training changes the picture: the last preview differs from the base model's
+    last = (run_dir / "previews" / summary["steps"][-1]["index"]).parent
+    assert (last / "00_seed0.png").read_bytes() != (
+        run_dir / "previews" / "step-00000000" / "00_seed0.png"
+    ).read_bytes()
+
+
+def test_periodic_and_best_adapters(straight):
+    run_dir, metrics = straight
+    assert sorted(p.name for p in (run_dir / "adapters").iterdir()) == [
+        "step-00000004.safetensors",
+        "step-00000006.safetensors",
+    ]
+    val = read_jsonl(run_dir / "val_log.jsonl")
+    best = min((r for r in val if r["step"] >= 1), key=lambda r: r["val_loss"])
+    assert metrics["best_adapter"]["step"] == best["step"]
+    assert metrics["best_adapter"]["val_loss"] == best["val_loss"]
+    assert (run_dir / "adapter_best.safetensors").read_bytes() == (
+        run_dir / "best" / f"step-{best['step']:08d}.safetensors"
+    ).read_bytes()
+    # the periodic adapter of the last step holds the same tensors as the final adapter (no EMA here)
+    final, periodic = (
+        load_file(run_dir / "adapter.safetensors"),
+        load_file(run_dir / "adapters" / "step-00000006.safetensors"),
+    )
+    assert final.keys() == periodic.keys() and all((final[k] == periodic[k]).all() for k in final)
+
+
+def test_tensorboard_events_hold_the_run(straight):
+    run_dir, _ = straight
+    events = _events(run_dir)
+    train_log = read_jsonl(run_dir / "train_log.jsonl")
+    assert _scalar_steps(events, "train/loss") == [(r["step"], round(r["loss"], 6)) for r in train_log]
+    for tag in ("train/lr", "train/grad_norm", "train/images_per_s"):
+        assert [s for s, _ in _scalar_steps(events, tag)] == list(range(1, 7))
+    assert [s for s, _ in _scalar_steps(events, "val/x0_mse")] == [0, 2, 4, 6]
+    assert any(tag.startswith("val/x0_mse_t") for tag in events.Tags()["scalars"])
+    images = events.Images("preview/00_seed0")
+    assert [i.step for i in images] == [0, 3, 6]
+
+
+def test_a_killed_run_resumes_to_the_same_outputs(tiny_workspace, straight, tmp_path, monkeypatch):
+    straight_dir, _ = straight
+    real, calls = loop.flow_loss, {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # during step 5: after the step-4 checkpoint, the step-3 preview and step-4 adapter
+            raise Killed()
+        return real(*args, **kwargs)
+
+    run_dir = tmp_path / "resumed"
+    monkeypatch.setattr(loop, "flow_loss", dying)
+    with pytest.raises(Killed):
+        _run(tiny_workspace, run_dir)
+    monkeypatch.setattr(loop, "flow_loss", real)
+    _run(tiny_workspace, run_dir)
+    a, b = _events(straight_dir), _events(run_dir)
+    for tag in ("train/loss", "val/x0_mse"):
+        assert _scalar_steps(a, tag) == _scalar_steps(b, tag), tag  # each step once, same values
+    assert [i.step for i in b.Images("preview/01_seed5")] == [0, 3, 6]
+    for name in (
+        "adapter_best.safetensors",
+        "adapters/step-00000004.safetensors",
+        "previews/step-00000006/00_seed0.png",
+    ):
+        assert (run_dir / name).read_bytes() == (straight_dir / name).read_bytes(), name
+
+
+def test_a_fresh_start_clears_an_abandoned_runs_files(tiny_workspace, tmp_path):
+    run_dir = tmp_path / "run"
+    _run(tiny_workspace, run_dir)
+    _run(tiny_workspace, run_dir, steps=4, lr=1e-3, on_incompatible="restart")  # other math: the workflow's restart
+    assert [s["step"] for s in read_json(run_dir / "previews" / "index.json")["steps"]] == [0, 3, 4]
+    assert sorted(p.name for p in (run_dir / "adapters").iterdir()) == ["step-00000004.safetensors"]
+    assert [p.name for p in (run_dir / "best").iterdir()] == [
+        f"step-{read_json(run_dir / 'metrics.json')['best_adapter']['step']:08d}.safetensors"
+    ]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
+def test_wandb_asked_for_but_not_installed_is_a_clear_error(tiny_workspace, tmp_path):
+    with pytest.raises(ValueError, match=r"train.wandb_project is 'demo' but the wandb package is not installed"):
+        _run(tiny_workspace, tmp_path / "run", wandb_project="demo")
+
+
+@pytest.mark.parametrize(
+    ("preview", "message"),
+    [
+        ({"count": 0}, "train.preview.count and .steps must be positive"),
+        ({"width": 64}, "give both"),
+        ({"size": 64}, "unknown train.preview setting"),
+    ],
+)
+def test_bad_preview_settings_name_the_key(preview, message):
+    with pytest.raises(ValueError, match=message):
+        TrainSettings.from_dict({"preview": preview})

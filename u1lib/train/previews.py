@@ -1,0 +1,168 @@
+"""Preview samples while a run trains: the same few held-out captions and seeds at every preview step.
+
+The captions are the first ``train.preview.count`` validation items (training items when there is
+no held-out split), so every preview can be set beside the real image it describes
+(``previews/reference/``); their prefixes come from the same source as training's (the cache, or
+the online encoder), so previews need no understanding tower in the cache's memory mode. Each
+preview step is a folder ``previews/step-00000120/`` (PNGs + index.json) built under a temporary
+name and renamed into place; step 0 is the base model (zero-initialised adapters change nothing).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from u1lib.data.reader import PackedDataset, image_png
+from u1lib.io import read_json, write_bytes, write_json
+from u1lib.model.sampling import CFG_NORMS, SAMPLER_T_EPS, euler_sample, initial_noise
+from u1lib.model.u1 import U1Model
+from u1lib.prefix import UNCOND_ID
+from u1lib.settings import from_section
+from u1lib.train.prefixes import PrefixSource
+
+STEP_PREFIX = "step-"
+INDEX = "index.json"
+REFERENCE = "reference"
+
+
+@dataclass(frozen=True)
+class PreviewSettings:
+    """``train.preview``: cheap by default (few steps); size 0 keeps each caption's own image size."""
+
+    count: int = 2
+    seeds: tuple[int, ...] = (0,)
+    steps: int = 8
+    cfg_scale: float = 4.0
+    timestep_shift: float = 3.0
+    cfg_norm: str = "none"
+    width: int = 0
+    height: int = 0
+
+    def __post_init__(self):
+        problems = []
+        if self.count < 1 or self.steps < 1:
+            problems.append(f"train.preview.count and .steps must be positive, got {self.count} and {self.steps}")
+        if not self.seeds:
+            problems.append("train.preview.seeds must list at least one seed")
+        if self.cfg_norm not in CFG_NORMS:
+            problems.append(f"train.preview.cfg_norm {self.cfg_norm!r} is not one of {', '.join(CFG_NORMS)}")
+        if (self.width == 0) != (self.height == 0) or self.width < 0 or self.height < 0:
+            problems.append(
+                f"train.preview.width/height: give both (multiples of the token size) or leave both 0 for each "
+                f"caption's own image size, got {self.width}x{self.height}"
+            )
+        if problems:
+            raise ValueError("invalid preview settings:\n  " + "\n  ".join(problems))
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "PreviewSettings":
+        return from_section(cls, raw, "train.preview")
+
+
+def step_folder(root: Path, step: int) -> Path:
+    return root / f"{STEP_PREFIX}{step:08d}"
+
+
+def preview_steps(root: Path) -> list[int]:
+    """Steps with a complete preview folder (temporary folders start with a dot and are not listed)."""
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name[len(STEP_PREFIX) :]) for p in root.glob(f"{STEP_PREFIX}*") if (p / INDEX).is_file())
+
+
+class Previewer:
+    """Samples the preview set with the model as it is now and writes one step folder."""
+
+    def __init__(self, settings: PreviewSettings, data: PackedDataset, prefixes: PrefixSource, root: Path, device):
+        self.s, self.data, self.prefixes, self.root, self.device = settings, data, prefixes, root, device
+        self.indices = list(range(min(settings.count, len(data))))
+        texts = data.texts()
+        self.items = [{"sample_id": data.sample_ids[i], "prompt": texts[i][0]} for i in self.indices]
+
+    def discard_after(self, step: int) -> None:
+        """Remove previews past ``step`` (a resume redraws them from the same trajectory)."""
+        for later in (s for s in preview_steps(self.root) if s > step):
+            shutil.rmtree(step_folder(self.root, later))
+
+    def _write_references(self) -> None:
+        folder = self.root / REFERENCE
+        if (folder / INDEX).is_file():
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        records = []
+        for k, (index, item) in enumerate(zip(self.indices, self.items)):
+            _, image = self.data.load_batch([index])
+            write_bytes(folder / f"{k:02d}.png", image_png(image[0]))
+            records.append({**item, "file": f"{k:02d}.png"})
+        write_json(folder / INDEX, {"images": records})
+
+    @torch.no_grad()
+    def run(self, model: U1Model, step: int, autocast) -> list[tuple[dict, bytes]]:
+        """Preview images at ``step``: (index record, PNG bytes) per image, also written to disk."""
+        self._write_references()
+        s, cfg = self.s, model.config
+        uncond_one = self.prefixes.cond([UNCOND_ID])
+        out: list[tuple[dict, bytes]] = []
+        for k, (index, item) in enumerate(zip(self.indices, self.items)):
+            height, width = (s.height, s.width) if s.width else self.data.load_batch([index])[1].shape[-2:]
+            tokens = (height // cfg.token_size) * (width // cfg.token_size)
+            if height % cfg.token_size or width % cfg.token_size:
+                raise ValueError(
+                    f"train.preview.width/height {width}x{height} must be multiples of the token size {cfg.token_size}"
+                )
+            n = len(s.seeds)
+            noise = torch.cat([initial_noise(seed, height, width, cfg.noise_scale_for(tokens)) for seed in s.seeds])
+            with autocast():
+                images = euler_sample(
+                    model,
+                    self.prefixes.cond([item["sample_id"]]).repeat(n),
+                    uncond_one.repeat(n),
+                    noise.to(self.device),
+                    steps=s.steps,
+                    shift=s.timestep_shift,
+                    cfg_scale=s.cfg_scale,
+                    cfg_norm=s.cfg_norm,
+                    t_eps=SAMPLER_T_EPS,
+                )
+            for seed, image in zip(s.seeds, images):
+                record = {"prompt_id": item["sample_id"], "prompt": item["prompt"], "seed": seed}
+                out.append(({**record, "file": f"{k:02d}_seed{seed}.png"}, image_png(image)))
+        self._write_step(step, out)
+        return out
+
+    def _write_step(self, step: int, images: list[tuple[dict, bytes]]) -> None:
+        final = step_folder(self.root, step)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=self.root))
+        try:
+            for record, png in images:
+                write_bytes(tmp / record["file"], png)
+            write_json(tmp / INDEX, {"step": step, "images": [record for record, _ in images]})
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def write_summary(self) -> Path:
+        """``previews/index.json``: every preview step's folder, the references and the settings."""
+        steps = preview_steps(self.root)
+        summary = {
+            "steps": [{"step": s, "index": f"{step_folder(self.root, s).name}/{INDEX}"} for s in steps],
+            "reference": f"{REFERENCE}/{INDEX}" if (self.root / REFERENCE / INDEX).is_file() else None,
+            "settings": json_ready(asdict(self.s)),
+        }
+        write_json(self.root / INDEX, summary)
+        return self.root / INDEX
+
+
+def json_ready(settings: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
+
+
+def read_step(root: Path, step: int) -> dict:
+    return read_json(step_folder(root, step) / INDEX)
