@@ -3,14 +3,12 @@
 Rule files hold no logic: every value a rule needs that is not a plain constant comes from here.
 """
 
-import difflib
 import hashlib
 import json
 import os
 import re
 from pathlib import Path
 
-import jsonschema
 import pyarrow.parquet as pq
 import yaml
 from snakemake.exceptions import WorkflowError
@@ -18,15 +16,20 @@ from snakemake.utils import validate
 
 # The Snakefile's folder is first on sys.path, so this is the u1lib beside it; the job scripts
 # import that same copy (workflow_scripts/job_setup.py), so the code hashed below is the code that runs.
-from u1lib.data.buckets import BucketError, BucketSpec
+from u1lib.config_errors import config_problems, problems_message
 from u1lib.data.sources import IMAGE_SUFFIXES
 from u1lib.grid import BASE, GridError, apply_overrides, describe
 from u1lib.grid import expand as expand_grid  # Snakemake has its own expand
 from u1lib.provenance import git_commit
 from u1lib.modeling import ModelingPins
-from u1lib.model.config import ConfigError, U1Config
-from u1lib.snapshot import COMMIT_SHA, SnapshotError, folder_fingerprint, snapshot_dir
+from u1lib.snapshot import COMMIT_SHA, SnapshotError, folder_fingerprint
 from u1lib.source_hash import code_hash
+from u1lib.token_size import (
+    downloaded_token_size,
+    resolve_buckets,
+    sample_size_problems,
+    static_token_size,
+)
 
 WORKFLOW_DIR = Path(workflow.basedir)
 
@@ -51,56 +54,9 @@ SAFE_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 # ------------------------------------------------------------------ validation
 
 
-def key_path(parts) -> str:
-    """jsonschema's path deque as the user wrote it: train.betas[1]."""
-    text = ""
-    for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return text.lstrip(".") or "(top level)"
-
-
-def config_problems(instance: dict, schema: dict) -> list[str]:
-    """Every schema violation as 'key.path: what is wrong' (validate() stops at the first)."""
-    problems = []
-    for error in jsonschema.Draft202012Validator(schema).iter_errors(instance):
-        missing = re.fullmatch(r"'(.+)' is a required property", error.message)
-        if error.validator == "additionalProperties" and "properties" in error.schema:
-            problems += unknown_keys(error)
-        elif error.validator == "required" and missing:
-            where = key_path([*error.absolute_path, missing[1]])
-            problems.append(f"{where}: missing; the other settings here need it")
-        else:
-            where = key_path(error.absolute_path)
-            problems.append(f"{where}: {error.message}{error_hint(error)}")
-    return sorted(problems)
-
-
-def unknown_keys(error) -> list[str]:
-    """One line per unknown key, with the closest known key or the list of allowed ones."""
-    known = list(error.schema["properties"])
-    lines = []
-    for key in sorted(set(error.instance) - set(known)):
-        close = difflib.get_close_matches(key, known, n=1, cutoff=0.7)
-        hint = (
-            f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(known)}"
-        )
-        lines.append(f"{key_path([*error.absolute_path, key])}: unknown key; {hint}")
-    return lines
-
-
-def error_hint(error) -> str:
-    if isinstance(error.instance, str) and re.fullmatch(
-        r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", error.instance
-    ):
-        return " (YAML reads 1e-4 as text: write 1.0e-4)"
-    if error.validator in ("oneOf", "anyOf") and "description" in error.schema:
-        return f" ({error.schema['description']})"
-    return ""
-
-
 def raise_problems(what: str, problems: list[str]) -> None:
     if problems:
-        raise WorkflowError(f"{what}:\n  " + "\n  ".join(problems))
+        raise WorkflowError(problems_message(what, problems))
 
 
 SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
@@ -296,94 +252,48 @@ check_dataset_source(config["dataset"]["source"])
 
 # ------------------------------------------------------------------ the model's token size
 
-# Pixels per token side (patch_size x merge) of each tiny variant, as u1lib/tiny.py builds it: known
-# without building the model or importing torch; tests/workflow/test_tiny_variants.py holds them to
-# the builder.
-TINY_TOKEN_SIZE = {"u1": 8, "u15": 32, "a3b": 8}
-
-
-def config_token_size(folder: Path) -> int | None:
-    """The token size in ``folder``'s config.json; None where it cannot be read (the snapshot stage
-    then says why)."""
-    try:
-        return U1Config.from_file(folder).token_size
-    except (ConfigError, OSError, ValueError):
-        return None
-
-
-def static_token_size(model: dict) -> tuple[int | None, str]:
-    """The model's token size where the config alone decides it (the tiny variant, the config.json of
-    a folder of yours), and what it is; None for a hub model, whose files the snapshot job fetches.
-    """
-    source = model["source"]
-    if source == "tiny":
-        variant = model["tiny_variant"]
-        return TINY_TOKEN_SIZE[variant], f"the tiny {variant} model"
-    if source == "hub":
-        return None, f"{model['repo_id']}@{model['revision']}"
-    return config_token_size(Path(source)), f"{source}/config.json"
-
-
-def downloaded_token_size() -> int | None:
-    """A hub model's token size from the snapshot this project already holds, if it is of this
-    revision (for the checks below only: what reruns must not depend on what is downloaded).
-    """
-    manifest_path = Path(f"results/models/{config['model']['name']}/manifest.json")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        pinned = (manifest["repo_id"], manifest["revision"])
-        folder = snapshot_dir(manifest_path, manifest)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if pinned != (config["model"]["repo_id"], config["model"]["revision"]):
-        return None
-    return config_token_size(folder)
-
-
 STATIC_TOKEN_SIZE, TOKEN_SIZE_FROM = static_token_size(config["model"])
 KNOWN_TOKEN_SIZE = STATIC_TOKEN_SIZE or (
-    downloaded_token_size() if config["model"]["source"] == "hub" else None
+    downloaded_token_size(
+        config["model"], Path(f"results/models/{config['model']['name']}/manifest.json")
+    )
+    if config["model"]["source"] == "hub"
+    else None
 )
 
 
 def pack_buckets(buckets: dict) -> dict:
-    """dataset.buckets with token_size resolved where the config decides it: auto becomes the model's
-    (so auto and the same number written out are the same params); for a hub model auto stays, and the
-    pack job reads it from the snapshot. A number must be a multiple of the model's."""
-    token = buckets["token_size"]
-    where = f"invalid config ({', '.join(CONFIG_FILES)})"
-    if token != "auto" and KNOWN_TOKEN_SIZE and token % KNOWN_TOKEN_SIZE:
-        raise WorkflowError(
-            f"{where}:\n  dataset.buckets.token_size {token}: not a multiple of the model's token size "
-            f"{KNOWN_TOKEN_SIZE} ({TOKEN_SIZE_FROM}); write auto (the default) to follow the model"
+    try:
+        return resolve_buckets(
+            buckets,
+            static=STATIC_TOKEN_SIZE,
+            known=KNOWN_TOKEN_SIZE,
+            origin=TOKEN_SIZE_FROM,
         )
-    if token == "auto" and STATIC_TOKEN_SIZE:
-        token = STATIC_TOKEN_SIZE
-    if token != "auto":
-        try:
-            BucketSpec.from_dict({**buckets, "token_size": token})
-        except BucketError as err:
-            raise WorkflowError(f"{where}:\n  dataset.buckets: {err}") from None
-    return {**buckets, "token_size": token}
+    except ValueError as err:
+        raise WorkflowError(
+            f"invalid config ({', '.join(CONFIG_FILES)}):\n  {err}"
+        ) from None
 
 
 def check_sample_sizes() -> None:
-    """sample.width and sample.height of every variant must be multiples of the model's token size."""
+    """Every variant's sample size must fit the model (a hub model not downloaded yet: the sampler checks)."""
     if not KNOWN_TOKEN_SIZE:
-        return  # a hub model not downloaded yet: the sampler checks them
-    token, problems = KNOWN_TOKEN_SIZE, []
+        return
+    samples = {
+        "": config["sample"]
+    }  # a variant's own size only where its grid changes it
     for name, resolved in VARIANT_CONFIG.items():
-        for key in ("width", "height"):
-            value = resolved["sample"][key]
-            if value % token == 0 or (name != BASE and value == config["sample"][key]):
-                continue
-            below = max(token, value // token * token)
-            above = (value // token + 1) * token
-            who = "" if name == BASE else f"variant {name}: "
-            problems.append(
-                f"{who}sample.{key} {value}: not a multiple of the model's token size {token} "
-                f"({TOKEN_SIZE_FROM}); the nearest are {below} and {above}"
-            )
+        own = {
+            k: resolved["sample"][k]
+            for k in ("width", "height")
+            if resolved["sample"][k] != config["sample"][k]
+        }
+        if own:
+            samples[f"variant {name}: "] = own
+    problems = sample_size_problems(
+        samples, token=KNOWN_TOKEN_SIZE, origin=TOKEN_SIZE_FROM
+    )
     raise_problems(f"invalid config ({', '.join(CONFIG_FILES)})", problems)
 
 
