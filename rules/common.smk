@@ -280,9 +280,8 @@ def check_sample_sizes() -> None:
     """Every variant's sample size must fit the model (a hub model not downloaded yet: the sampler checks)."""
     if not KNOWN_TOKEN_SIZE:
         return
-    samples = {
-        "": config["sample"]
-    }  # a variant's own size only where its grid changes it
+    # the shared size once, and a variant's own size only where its grid changes it
+    samples = {"": config["sample"]}
     for name, resolved in VARIANT_CONFIG.items():
         own = {
             k: resolved["sample"][k]

@@ -357,11 +357,12 @@ class Trainer:
         files past the resumed step (or all, from step 0) go, and the trackers replay the history."""
         s, resumed = self.s, self.resume()
         if self.dist.is_main:
-            if not resumed:
+            if resumed:
+                self.adapters.discard_after(self.step)
+            else:
                 self.logs.start_fresh()
                 self.adapters.start_fresh()
-            self.adapters.discard_after(self.step)
-            self.previewer.discard_after(self.step if resumed else -1)
+            self.previewer.discard_after(self.step if resumed else -1)  # -1: every preview goes
             self.trackers.open(self.step, self.logs.records, self.previewer.root)
         if not resumed:
             if s.val_every:
@@ -370,13 +371,13 @@ class Trainer:
                 self.preview()
 
     def fit(self) -> None:
-        s = self.s
         try:
-            self._fit(s)
+            self._fit()
         finally:
             self.trackers.close()
 
-    def _fit(self, s: TrainSettings) -> None:
+    def _fit(self) -> None:
+        s = self.s
         self._start()
         with stop_on_signals(enabled=not self.dist.active) as stop:
             while self.step < s.steps:

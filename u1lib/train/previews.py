@@ -10,6 +10,7 @@ name and renamed into place; step 0 is the base model (zero-initialised adapters
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -109,7 +110,7 @@ class Previewer:
         uncond_one = self.prefixes.cond([UNCOND_ID])
         out: list[tuple[dict, bytes]] = []
         for k, (index, item) in enumerate(zip(self.indices, self.items)):
-            height, width = (s.height, s.width) if s.width else self.data.load_batch([index])[1].shape[-2:]
+            height, width = (s.height, s.width) if s.width else (self.data.heights[index], self.data.widths[index])
             tokens = (height // cfg.token_size) * (width // cfg.token_size)
             if height % cfg.token_size or width % cfg.token_size:
                 raise ValueError(
@@ -154,14 +155,10 @@ class Previewer:
         summary = {
             "steps": [{"step": s, "index": f"{step_folder(self.root, s).name}/{INDEX}"} for s in steps],
             "reference": f"{REFERENCE}/{INDEX}" if (self.root / REFERENCE / INDEX).is_file() else None,
-            "settings": json_ready(asdict(self.s)),
+            "settings": json.loads(json.dumps(asdict(self.s))),  # tuples as lists
         }
         write_json(self.root / INDEX, summary)
         return self.root / INDEX
-
-
-def json_ready(settings: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
 
 
 def read_step(root: Path, step: int) -> dict:

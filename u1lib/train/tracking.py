@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from u1lib.train.previews import preview_steps, read_step, step_folder
+from u1lib.train.run_folder import TRAIN_LOG, VAL_LOG
 
 TENSORBOARD_DIR = "tensorboard"
 TRAIN_SCALARS = ("loss", "x0_mse", "v_mse", "lr", "grad_norm", "images_per_s")
@@ -55,10 +56,9 @@ class Trackers:
         folder = self.run_dir / TENSORBOARD_DIR
         shutil.rmtree(folder, ignore_errors=True)
         self.writer = SummaryWriter(log_dir=str(folder))
-        train_log, val_log = records.values()
-        for record in train_log:
+        for record in records[TRAIN_LOG]:
             self._scalars(record, wandb=False)
-        for record in val_log:
+        for record in records[VAL_LOG]:
             self._validation(record, wandb=False)
         for preview_step in (s for s in preview_steps(previews_root) if s <= step):
             folder_path = step_folder(previews_root, preview_step)
