@@ -29,7 +29,7 @@ rule pack:
         "../envs/u1.yaml"
     params:
         settings=PACK_SETTINGS,
-        fingerprint=dataset_fingerprint,
+        fingerprint=DATASET_FINGERPRINT,
         code=CODE_HASH["pack"],
     script:
         "../workflow_scripts/pack.py"

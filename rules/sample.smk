@@ -17,6 +17,7 @@ rule sample:
     params:
         settings=sample_settings,
         prompt=variant_prompt,
+        compile_cache=COMPILE_CACHE,
         code=CODE_HASH["sample"],
     script:
         "../workflow_scripts/sample.py"

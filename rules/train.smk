@@ -27,6 +27,7 @@ rule train:
         settings=train_settings,
         prompt=variant_prompt,
         held_out=HELD_OUT,
+        compile_cache=COMPILE_CACHE,
         code=CODE_HASH["train"],
     script:
         "../workflow_scripts/train.py"

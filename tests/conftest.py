@@ -45,7 +45,7 @@ def tiny_workspace(tmp_path_factory):
     from u1lib.data.buckets import BucketSpec
     from u1lib.data.demo import write_demo_folder
     from u1lib.data.pack import pack
-    from u1lib.snapshot import snapshot_tiny
+    from u1lib.snapshot_record import snapshot_tiny
 
     root = tmp_path_factory.mktemp("tiny")
     snapshot_tiny(root / "snapshot", root / "manifest.json", seed=0)

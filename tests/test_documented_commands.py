@@ -33,7 +33,7 @@ import yaml
 from PIL import Image
 
 from tests.workflow.conftest import WORKFLOW_FILES
-from u1lib.sample import SampleSettings, load_prompts
+from u1lib.sample_settings import SampleSettings, load_prompts
 
 REPO = Path(__file__).resolve().parents[1]
 CLONE_FILES = (*WORKFLOW_FILES, "tests/data/golden_u1_tiny_a")  # what the commands read from a clone's root

@@ -14,15 +14,18 @@ import sys
 
 VERBS = {
     "tiny": ("u1lib.tiny", "Build the embedded tiny model snapshot"),
-    "snapshot": ("u1lib.snapshot", "Build, download or verify in place a model snapshot and write its manifest"),
+    "snapshot": (
+        "u1lib.snapshot_sources",
+        "Build, download or verify in place a model snapshot and write its manifest",
+    ),
     "verify": (
-        "u1lib.snapshot",
+        "u1lib.snapshot_sources",
         "Check a snapshot against its manifest (sha256) and its .py files against modeling.json",
     ),
     "install-modeling": ("u1lib.modeling", "Verify upstream modeling files against sha256 pins and install them"),
     "demo": ("u1lib.data.demo", "Write the demo photos (from scikit-image) and captions as a folder"),
     "pack": ("u1lib.data.pack", "Pack a folder of captioned images into parquet"),
-    "inspect-data": ("u1lib.data.pack", "Summarise a packed parquet file"),
+    "inspect-data": ("u1lib.data.inspect", "Summarise a packed parquet file"),
     "cache": ("u1lib.cache", "Precompute prefix K/V of every caption"),
     "train": ("u1lib.train.cli", "Train a LoRA"),
     "sample": ("u1lib.sample", "Sample images from base model and adapters"),

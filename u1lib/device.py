@@ -1,6 +1,10 @@
-"""Where and in which dtype a stage computes: one rule for ``device: auto`` and ``dtype: auto``."""
+"""Where and in which dtype a stage computes: one rule for ``device: auto`` and ``dtype: auto``, and
+where what torch.compile builds for the device is kept."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import torch
 
@@ -23,3 +27,19 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of auto, {', '.join([*DTYPES, *ALIASES])}")
     return DTYPES[name]
+
+
+def use_compile_cache(folder: str | Path) -> Path:
+    """Keep torch.compile's on-disk caches (inductor's FX graph and AOT autograd caches, with the Triton
+    kernels they bundle, and Triton's own) in ``folder``, so a job given the folder an earlier job
+    used loads its compiled code instead of compiling again.
+
+    The default, ``$TMPDIR/torchinductor_$USER``, is not shared where each job gets its own
+    temporary folder or node (clusters). torch reads these variables when it compiles: call this
+    before the first compile.
+    """
+    folder = Path(folder).resolve()
+    (folder / "triton").mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    os.environ["TRITON_CACHE_DIR"] = str(folder / "triton")
+    return folder

@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-import unicodedata
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -19,105 +18,22 @@ import yaml
 
 from u1lib.data.prompts import PromptSpec, cond_text, load_tokenizer
 from u1lib.data.reader import image_png
-from u1lib.device import resolve_device, resolve_dtype
+from u1lib.device import resolve_device, resolve_dtype, use_compile_cache
 from u1lib.io import write_bytes, write_json
 from u1lib.lora.adapter import unwrap
-from u1lib.lora.io import bake_lora, read_lora_file, wrap_from_file
+from u1lib.lora.io import bake_upstream_lora, read_lora_file, wrap_from_file
 from u1lib.model.loading import load_model
-from u1lib.model.sampling import CFG_NORMS, SAMPLER_T_EPS, euler_sample, initial_noise
+from u1lib.model.sampling import euler_sample, initial_noise
 from u1lib.model.think import think
 from u1lib.model.u1 import PrefixKV, U1Model
 from u1lib.names import check_name
 from u1lib.prefix import PrefixEncoder
-from u1lib.settings import from_section
+from u1lib.sample_settings import SampleSettings, load_prompts
 from u1lib.snapshot import require_verified
 
 progress = logging.getLogger("u1lib.progress")
 # beyond these a CPU takes minutes per image: worth a word before the wait starts
 CPU_QUICK_PIXELS, CPU_QUICK_STEPS = 256 * 256, 20
-THINK_BUDGET = 1024  # upstream's think-mode default
-
-
-@dataclass(frozen=True)
-class SampleSettings:
-    seeds: tuple[int, ...] = (0,)
-    steps: int = 50
-    cfg_scale: float = 4.0
-    timestep_shift: float = 3.0
-    cfg_norm: str = "none"
-    cfg_interval: tuple[float, float] = (0.0, 1.0)
-    t_eps: float = SAMPLER_T_EPS
-    width: int = 1024
-    height: int = 1024
-    batch_size: int = 4
-    device: str = "auto"
-    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
-    upstream_lora: dict | None = None  # baked into the base for every variant: {"path", "skip"}
-    compile: bool = False  # torch.compile each layer (CUDA; pays off over many images)
-    think: dict = field(default_factory=dict)  # {"enabled", "max_tokens"}: a thought decoded before each prompt
-
-    def __post_init__(self):
-        problems = []
-        if self.cfg_norm not in CFG_NORMS:
-            problems.append(f"sample.cfg_norm {self.cfg_norm!r} is not one of {', '.join(CFG_NORMS)}")
-        if self.steps < 1 or self.batch_size < 1:
-            problems.append("sample.steps and sample.batch_size must be positive")
-        if not self.seeds:
-            problems.append("sample.seeds must list at least one seed")
-        think = self.think
-        if set(think) - {"enabled", "max_tokens"}:
-            problems.append(f"sample.think: unknown key(s) {sorted(set(think) - {'enabled', 'max_tokens'})}")
-        if not isinstance(think.get("enabled", False), bool):
-            problems.append(f"sample.think.enabled: {think['enabled']!r} is not true or false")
-        budget = think.get("max_tokens", THINK_BUDGET)
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
-            problems.append(f"sample.think.max_tokens: {budget!r} is not a non-negative integer")
-        if problems:
-            raise ValueError("invalid sampling settings:\n  " + "\n  ".join(problems))
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> "SampleSettings":
-        return from_section(cls, raw, "sample")
-
-    @property
-    def think_budget(self) -> int | None:
-        """Tokens a thought may take, or None when think mode is off."""
-        return self.think.get("max_tokens", THINK_BUDGET) if self.think.get("enabled") else None
-
-
-def load_prompts(path: Path) -> list[dict]:
-    """A prompt set: YAML list of {id, prompt} or a mapping id -> prompt (optionally under `prompts:`).
-
-    Ids name the PNG files, so each must pass :func:`check_name` and no two may differ only in
-    letter case (one file on macOS and Windows). An empty set is refused: it would sample nothing.
-    """
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({err})") from None
-    if isinstance(raw, dict) and "prompts" in raw:
-        raw = raw["prompts"]
-    if isinstance(raw, dict):
-        raw = [{"id": k, "prompt": v} for k, v in raw.items()]
-    if not raw:
-        raise ValueError(f"{path}: no prompts; list at least one (format: config/prompts/demo.yaml)")
-    if not isinstance(raw, list) or not all(isinstance(p, dict) and {"id", "prompt"} <= p.keys() for p in raw):
-        raise ValueError(f"{path}: a prompt set is a list of {{id, prompt}} entries or a mapping id -> prompt")
-    prompts, seen = [], {}
-    for entry in raw:
-        prompt_id = check_name("" if entry["id"] is None else str(entry["id"]), "prompt id", str(path))
-        if entry["prompt"] is None:
-            raise ValueError(f"{path}: prompt id {prompt_id!r} has no prompt text")
-        same_file = unicodedata.normalize("NFC", prompt_id).casefold()
-        if same_file in seen:
-            raise ValueError(
-                f"{path}: prompt id {prompt_id!r} repeats {seen[same_file]!r} (ids name PNG files and "
-                "must differ by more than letter case): rename one"
-            )
-        seen[same_file] = prompt_id
-        prompts.append({"id": prompt_id, "prompt": str(entry["prompt"])})
-    return prompts
 
 
 def _inside(folder: Path, name: str) -> Path:
@@ -162,9 +78,7 @@ class Sampler:
         self.dtype = resolve_dtype(settings.dtype, self.device)
         groups = ["und", "embed", "gen", "fm"] + (["lm_head"] if settings.think_budget is not None else [])
         self.model: U1Model = load_model(snapshot_dir, groups, device=self.device, dtype=self.dtype)
-        if settings.upstream_lora:
-            spec = settings.upstream_lora
-            bake_lora(self.model, read_lora_file(spec["path"]), skip=tuple(spec.get("skip", ())))
+        bake_upstream_lora(self.model, settings.upstream_lora)
         if settings.compile:
             self.model.compile_layers()
         self.encoder = PrefixEncoder(self.model, load_tokenizer(snapshot_dir), prompt_spec, self.device)
@@ -324,7 +238,10 @@ def cli(verb: str, argv: list[str]) -> int:
     parser.add_argument("--steps", type=int)
     parser.add_argument("--cfg-scale", type=float)
     parser.add_argument("--size", type=int, nargs=2, metavar=("W", "H"))
+    parser.add_argument("--compile-cache", type=Path, help="torch.compile's caches; jobs sharing it compile once")
     args = parser.parse_args(argv)
+    if args.compile_cache:
+        use_compile_cache(args.compile_cache)
     raw = yaml.safe_load(args.settings.read_text(encoding="utf-8")) if args.settings else {}
     settings = dict(raw.get("sample", {}))
     for key, value in (("seeds", args.seeds), ("steps", args.steps), ("cfg_scale", args.cfg_scale)):

@@ -11,19 +11,27 @@ are not followed either. The hash covers names and bytes, so a rename counts as 
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-def imported_modules(path: Path) -> set[Path]:
+def imported_modules(path: Path) -> frozenset[Path]:
     """Files of the u1lib modules and packages that ``path`` imports (anywhere in the file)."""
+    stat = path.stat()
+    return _imported_modules(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.cache
+def _imported_modules(path: Path, size: int, mtime_ns: int) -> frozenset[Path]:
+    """Parsed once per version of the file: the workflow hashes nine stages that share most modules."""
     dotted = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
     package = dotted[:-1]  # where a relative import starts from (for an __init__.py: its own package)
     names = []
-    for node in ast.walk(ast.parse(path.read_bytes())):
+    for node in _statements(ast.parse(path.read_bytes())):
         if isinstance(node, ast.Import):
             names += [alias.name.split(".") for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -37,7 +45,17 @@ def imported_modules(path: Path) -> set[Path]:
             for candidate in (inner.with_suffix(".py"), inner / "__init__.py"):
                 if candidate.is_file():
                     files.add(candidate)
-    return files
+    return frozenset(files)
+
+
+def _statements(tree: ast.Module) -> Iterator[ast.stmt]:
+    """Every statement, however nested (an import is one); expressions, most of a tree, are skipped."""
+    todo = list(tree.body)
+    while todo:
+        node = todo.pop()
+        yield node
+        for block in ("body", "orelse", "finalbody", "handlers", "cases"):
+            todo += getattr(node, block, [])
 
 
 def module_closure(entries: Iterable[str], exclude: Iterable[str] = ()) -> list[str]:

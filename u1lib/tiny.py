@@ -1,20 +1,38 @@
-"""The embedded tiny model: a complete snapshot (config, weights, tokenizer) built from a seed.
+"""The embedded tiny model: a complete snapshot (config, weights, tokenizer) built with no network.
 
 Same architecture and file layout as the real checkpoint, small enough that the whole pipeline runs
-on a laptop CPU with no network. Same seed, byte-identical files.
+on a laptop CPU. Same settings, byte-identical files.
+
+Weights (``weights``, the workflow's ``model.tiny_weights``):
+
+- ``pretrained``: the u1 weights stored in the package (:data:`PRETRAINED_FILE`), pretrained for a
+  few CPU minutes on generated shape images (u1lib/tiny_pretrain.py says how and why), so that base
+  samples show structure and a LoRA's effect is visible. They grew from the seed-0 random draw, so
+  they exist for ``variant`` u1 and ``seed`` 0 only; anything else asked of them is an error.
+- ``random``: every weight drawn from ``seed`` (:func:`random_weights`), as before the pretrained
+  weights existed; the golden parity data use this recipe.
+- ``auto`` (the default): ``pretrained`` where it exists (u1 at seed 0), else ``random``. So the
+  default model is the pretrained one, the u15 and a3b variants stay random, and another seed is
+  another random model.
+
+The pretrained file's sha256 is recorded here (:data:`PRETRAINED_SHA256`), so a rebuilt file
+changes this module's code hash, which names the tiny model in the workflow (a rebuild reruns
+what reads the model), and a changed or damaged file is refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from u1lib.data.prompts import SYSTEM_MESSAGE_FOR_GEN
-from u1lib.io import save_safetensors, write_json, write_text
+from u1lib.io import save_safetensors, sha256_file, write_json, write_text
 from u1lib.model.config import U1Config
 from u1lib.model.keys import parameter_shapes
 
@@ -89,6 +107,13 @@ Happy, sad, calm, quiet, busy, empty, full, old, new, young, beautiful, sharp, d
 
 
 VARIANTS = ("u1", "u15", "a3b")
+WEIGHTS = ("auto", "pretrained", "random")
+
+PRETRAINED_FILE = Path(__file__).resolve().parent / "model" / "tiny_u1_pretrained.safetensors"
+# sha256 of PRETRAINED_FILE, copied here from its sidecar (tiny_u1_pretrained.json) after a rebuild:
+# `python -m u1lib tiny --pretrain u1lib/model/tiny_u1_pretrained.safetensors`
+PRETRAINED_SHA256 = "9ff52c66efb549bc60c4390aad61ba7523ac95d17b47a139769652b1070b9727"
+PRETRAINED_SEED = 0  # the random draw the pretraining started from
 
 
 def tiny_config_dict(vocab_size: int, variant: str = "u1") -> dict:
@@ -247,6 +272,11 @@ def train_tokenizer() -> Tokenizer:
     return tokenizer
 
 
+def vocab_size_of(tokenizer: Tokenizer) -> int:
+    """The model's vocab_size: the tokenizer's, rounded up to a multiple of :data:`VOCAB_MULTIPLE`."""
+    return -(-tokenizer.get_vocab_size() // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
 def tokenizer_config_dict(tokenizer: Tokenizer) -> dict:
     """tokenizer_config.json for transformers' PreTrainedTokenizerFast (no remote code, no BOS)."""
     return {
@@ -301,20 +331,64 @@ def random_weights(cfg: U1Config, seed: int) -> dict[str, torch.Tensor]:
     }
 
 
-def build_tiny_snapshot(out_dir: str | Path, seed: int = 0, variant: str = "u1") -> Path:
+def resolve_weights(weights: str, variant: str, seed: int) -> str:
+    """``pretrained`` or ``random``: what ``weights`` (:data:`WEIGHTS`) means for this variant and seed."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"tiny model weights {weights!r} (model.tiny_weights) is not one of {', '.join(WEIGHTS)}")
+    has_pretrained = variant == "u1" and seed == PRETRAINED_SEED
+    if weights == "auto":
+        return "pretrained" if has_pretrained else "random"
+    if weights == "pretrained" and not has_pretrained:
+        raise ValueError(
+            f"tiny model: pretrained weights exist for variant u1 at seed {PRETRAINED_SEED} only, not for variant "
+            f"{variant!r} at seed {seed} (model.tiny_variant, model.tiny_seed); set model.tiny_weights: random "
+            "for random weights from that seed"
+        )
+    return weights
+
+
+def pretrained_weights(cfg: U1Config) -> dict[str, torch.Tensor]:
+    """The packaged pretrained u1 weights as float32, checked against :data:`PRETRAINED_SHA256` and ``cfg``."""
+    if not PRETRAINED_FILE.is_file():
+        raise FileNotFoundError(
+            f"{PRETRAINED_FILE}: missing from the installed package; reinstall u1lib, or rebuild it with "
+            f"`python -m u1lib tiny --pretrain {PRETRAINED_FILE}` (or set model.tiny_weights: random)"
+        )
+    digest = sha256_file(PRETRAINED_FILE)
+    if digest != PRETRAINED_SHA256:
+        raise ValueError(
+            f"{PRETRAINED_FILE}: sha256 {digest}, but u1lib/tiny.py records {PRETRAINED_SHA256} "
+            "(PRETRAINED_SHA256): restore the file, or after a deliberate rebuild copy the sha256 from "
+            "its sidecar tiny_u1_pretrained.json into PRETRAINED_SHA256"
+        )
+    with safe_open(PRETRAINED_FILE, framework="pt") as handle:
+        weights = {key: handle.get_tensor(key).to(torch.float32) for key in handle.keys()}
+    expected = parameter_shapes(cfg)
+    shapes = {key: tuple(value.shape) for key, value in weights.items()}
+    if shapes != expected:
+        raise ValueError(
+            f"{PRETRAINED_FILE}: its tensors do not fit the tiny u1 config (keys or shapes differ: "
+            f"{sorted(set(shapes.items()) ^ set(expected.items()))[:4]}); rebuild it with "
+            f"`python -m u1lib tiny --pretrain {PRETRAINED_FILE}`"
+        )
+    return dict(sorted(weights.items()))
+
+
+def build_tiny_snapshot(out_dir: str | Path, seed: int = 0, variant: str = "u1", weights: str = "auto") -> Path:
     """Write config.json, model.safetensors and the tokenizer files of the tiny model into ``out_dir``.
 
-    ``variant`` picks the architecture (:data:`VARIANTS`); the tokenizer is the same for all.
+    ``variant`` picks the architecture (:data:`VARIANTS`), ``weights`` pretrained or random weights
+    (:data:`WEIGHTS`, the module docstring); the tokenizer is the same for all.
     """
     out_dir = Path(out_dir)
+    kind = resolve_weights(weights, variant, seed)
     tokenizer = train_tokenizer()
-    vocab_size = -(-tokenizer.get_vocab_size() // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-    config = tiny_config_dict(vocab_size, variant)
+    config = tiny_config_dict(vocab_size_of(tokenizer), variant)
     cfg = U1Config.from_upstream_dict(config, source=f"tiny_config_dict(variant={variant!r})")
-    weights = random_weights(cfg, seed)
-    metadata = {"format": "pt", "u1lib.tiny_seed": str(seed)}
+    tensors = pretrained_weights(cfg) if kind == "pretrained" else random_weights(cfg, seed)
+    metadata = {"format": "pt", "u1lib.tiny_seed": str(seed), "u1lib.tiny_weights": kind}
     write_json(out_dir / "config.json", config)
-    save_safetensors(out_dir / "model.safetensors", weights, metadata)
+    save_safetensors(out_dir / "model.safetensors", tensors, metadata)
     write_text(out_dir / "tokenizer.json", tokenizer.to_str(pretty=True) + "\n")
     write_json(out_dir / "tokenizer_config.json", tokenizer_config_dict(tokenizer))
     return out_dir
@@ -322,12 +396,45 @@ def build_tiny_snapshot(out_dir: str | Path, seed: int = 0, variant: str = "u1")
 
 def cli(verb: str, argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog=f"python -m u1lib {verb}", description="Build the embedded tiny model snapshot."
+        prog=f"python -m u1lib {verb}",
+        description="Build the embedded tiny model snapshot, or (--pretrain) rebuild its packaged pretrained weights.",
     )
-    parser.add_argument("--out", required=True, type=Path, help="snapshot folder to write")
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--out", type=Path, help="snapshot folder to write")
+    action.add_argument(
+        "--pretrain",
+        type=Path,
+        metavar="FILE",
+        help="pretrain the u1 weights on generated shapes (minutes on a CPU) and write them to FILE with its "
+        f"sidecar .json; the packaged file is {PRETRAINED_FILE.relative_to(PRETRAINED_FILE.parents[2])}",
+    )
     parser.add_argument("--seed", type=int, default=0, help="weight seed (same seed, byte-identical files)")
     parser.add_argument("--variant", choices=VARIANTS, default="u1", help="architecture (default: u1)")
+    parser.add_argument(
+        "--weights",
+        choices=WEIGHTS,
+        default="auto",
+        help="auto (default: pretrained for u1 at seed 0), pretrained, random",
+    )
+    parser.add_argument("--steps", type=int, help="--pretrain: optimizer steps (default: the recorded build's)")
     args = parser.parse_args(argv)
-    out = build_tiny_snapshot(args.out, seed=args.seed, variant=args.variant)
-    print(f"tiny snapshot ({args.variant}, seed {args.seed}) written to {out}")
+    if args.pretrain is None:
+        if args.steps is not None:
+            parser.error("--steps: only with --pretrain")
+        out = build_tiny_snapshot(args.out, seed=args.seed, variant=args.variant, weights=args.weights)
+        kind = resolve_weights(args.weights, args.variant, args.seed)
+        print(f"tiny snapshot ({args.variant}, {kind} weights, seed {args.seed}) written to {out}")
+        return 0
+    if args.variant != "u1" or args.seed != PRETRAINED_SEED or args.weights != "auto":
+        parser.error(
+            f"--pretrain builds the u1 weights from seed {PRETRAINED_SEED}: leave --variant, --seed, --weights out"
+        )
+    # imported by name, not by an import statement: the snapshot depends on the weights file (its
+    # sha256 above), not on the training code that made it, so the builder's code hash leaves it out
+    pretraining = importlib.import_module("u1lib.tiny_pretrain")
+    record = pretraining.write_pretrained(args.pretrain, steps=args.steps)
+    print(
+        f"{args.pretrain}: {record['bytes']} bytes, sha256 {record['sha256']}, {record['wall_s']} s; record that "
+        "sha256 as PRETRAINED_SHA256 in u1lib/tiny.py"
+    )
     return 0

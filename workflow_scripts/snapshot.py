@@ -7,7 +7,7 @@ from job_setup import start_job
 
 start_job(snakemake.log[0])
 
-from u1lib.snapshot import make_snapshot  # noqa: E402
+from u1lib.snapshot_sources import make_snapshot  # noqa: E402
 
 identity = snakemake.params.identity
 make_snapshot(
@@ -18,4 +18,5 @@ make_snapshot(
     revision=identity.get("revision"),
     seed=identity.get("tiny_seed", 0),
     variant=identity.get("tiny_variant", "u1"),
+    weights=identity.get("tiny_weights", "auto"),
 )

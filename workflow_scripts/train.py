@@ -6,10 +6,12 @@ from job_setup import start_job
 
 start_job(snakemake.log[0])
 
+from u1lib.device import use_compile_cache  # noqa: E402
 from u1lib.gpu_slots import claim_gpus  # noqa: E402
 from u1lib.snapshot import snapshot_dir  # noqa: E402
 from u1lib.train.launch import run_training  # noqa: E402
 
+use_compile_cache(snakemake.params.compile_cache)
 manifest = Path(snakemake.input.manifest)
 with claim_gpus(snakemake.resources.gpu):
     run_training(

@@ -6,7 +6,8 @@ import pytest
 from u1lib.cli import main
 from u1lib.io import read_json
 from u1lib.modeling import ModelingPins, install_modeling, verify_modeling
-from u1lib.snapshot import SnapshotError, snapshot_tiny, write_manifest
+from u1lib.snapshot import SnapshotError
+from u1lib.snapshot_record import snapshot_tiny, write_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 PINS = ROOT / "config/pins/neo_unify.yaml"

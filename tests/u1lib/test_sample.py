@@ -16,7 +16,8 @@ from u1lib.data.prompts import PromptSpec, cond_text
 from u1lib.io import save_safetensors
 from u1lib.model.loading import load_model
 from u1lib.model.sampling import initial_noise
-from u1lib.sample import Sampler, SampleSettings, cli, load_prompts, sample_variant
+from u1lib.sample import Sampler, cli, sample_variant
+from u1lib.sample_settings import SampleSettings, load_prompts
 from u1lib.train.loop import Trainer
 from u1lib.train.settings import TrainSettings
 

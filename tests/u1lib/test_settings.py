@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from u1lib.bench import Measure
-from u1lib.sample import SampleSettings
+from u1lib.sample_settings import SampleSettings
 from u1lib.settings import from_section
 from u1lib.train.settings import TrainSettings
 

@@ -14,17 +14,9 @@ import pytest
 import u1lib.snapshot
 from u1lib.cli import main
 from u1lib.io import read_json
-from u1lib.snapshot import (
-    SnapshotError,
-    require_verified,
-    snapshot_dir,
-    snapshot_hub,
-    snapshot_local,
-    snapshot_tiny,
-    stamp_path,
-    verify_snapshot,
-    write_manifest,
-)
+from u1lib.snapshot import SnapshotError, require_verified, snapshot_dir, stamp_path, verify_snapshot
+from u1lib.snapshot_hub import snapshot_hub
+from u1lib.snapshot_record import snapshot_local, snapshot_tiny, write_manifest
 from u1lib.tiny import tiny_config_dict
 
 ROOT = Path(__file__).resolve().parents[2]

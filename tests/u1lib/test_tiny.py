@@ -50,7 +50,7 @@ def test_other_seed_changes_only_the_weights(snapshot, tmp_path):
 def test_weights_cover_every_key_with_its_shape(snapshot):
     cfg = U1Config.from_file(snapshot)
     with safe_open(snapshot / "model.safetensors", "pt") as handle:
-        assert handle.metadata() == {"format": "pt", "u1lib.tiny_seed": "0"}
+        assert handle.metadata() == {"format": "pt", "u1lib.tiny_seed": "0", "u1lib.tiny_weights": "pretrained"}
         stored = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
         dtypes = {handle.get_slice(key).get_dtype() for key in handle.keys()}
     assert stored == parameter_shapes(cfg)

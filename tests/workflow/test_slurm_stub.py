@@ -240,29 +240,26 @@ def test_gpu_jobs_are_submitted_with_their_resources_and_run(workflow, slurm):
     assert json.loads((results / "runs/default/metrics.json").read_text())["world_size"] == 2
 
 
-def test_zero_gpus_ask_sbatch_for_none(workflow, slurm):
-    configfile = workflow.write_config("cpus.yaml", short_config(workflow, gpus=0, train_gpus=0))
-    run_on_slurm(workflow, configfile, "results/runs/base/samples/demo/index.json")
-
-    (job,) = slurm.submissions()  # snapshot is a local rule
-    assert job["rule"] == "sample" and job["state"] == "COMPLETED"
-    assert "--gpus" not in job["options"] and "--gres" not in job["options"]
-    assert job["options"]["--ntasks"] == "1"
-    index = json.loads((workflow.workdir / "results/runs/base/samples/demo/index.json").read_text())
-    assert index["images"]
-
-
-def test_a_failed_job_fails_the_run(workflow, slurm, tmp_path):
+def test_zero_gpus_ask_sbatch_for_none_and_a_failed_job_fails_the_run(workflow, slurm, tmp_path):
+    """One run of two independent jobs (one SLURM start-up, not two): the base model's samples, asked
+    with no GPU, complete; the pack of a folder whose only image is broken fails, and so does the run."""
     (tmp_path / "broken").mkdir()  # an empty folder would stop the workflow before any job
     (tmp_path / "broken" / "a.png").write_bytes(b"not an image")
     (tmp_path / "broken" / "a.txt").write_text("a caption")
     config = short_config(workflow, gpus=0, train_gpus=0)
     config["dataset"]["source"] = str(tmp_path / "broken")
-    configfile = workflow.write_config("empty.yaml", config)
-    result = run_on_slurm(workflow, configfile, "results/data/demo/train.parquet", check=False)
+    configfile = workflow.write_config("cpus.yaml", config)
+    targets = ("results/runs/base/samples/demo/index.json", "results/data/demo/train.parquet")
+    result = run_on_slurm(workflow, configfile, "--keep-going", *targets, check=False)
 
-    (job,) = slurm.submissions()
-    assert job["rule"] == "pack" and job["state"] == "FAILED"
-    assert result.returncode != 0
-    assert f"SLURM-job '{job['id']}' failed, SLURM status is: 'FAILED'" in result.stdout + result.stderr
+    jobs = {job["rule"]: job for job in slurm.submissions()}  # snapshot is a local rule
+    assert sorted(jobs) == ["pack", "sample"]
+    sample, pack = jobs["sample"], jobs["pack"]
+    assert sample["state"] == "COMPLETED"
+    assert "--gpus" not in sample["options"] and "--gres" not in sample["options"]
+    assert sample["options"]["--ntasks"] == "1"
+    index = json.loads((workflow.workdir / targets[0]).read_text())
+    assert index["images"]
+    assert pack["state"] == "FAILED" and result.returncode != 0
+    assert f"SLURM-job '{pack['id']}' failed, SLURM status is: 'FAILED'" in result.stdout + result.stderr
     assert "no usable items" in (workflow.workdir / "results/logs/pack/demo.log").read_text()

@@ -154,12 +154,12 @@ def test_sizes_that_do_not_fit_the_token_size_stop_the_workflow_naming_the_key(r
 
 
 def preset(name: str) -> dict:
-    import u1lib.sample as sample
+    import u1lib.sample_settings as sample
     import u1lib.train.settings as settings
 
     config = yaml.safe_load((REPO / "config" / name).read_text())
     validate(config, str(SCHEMA))
-    settings.TrainSettings.from_dict({**config["train"], "upstream_lora": None})
+    settings.TrainSettings.from_dict(config["train"])
     sample.SampleSettings.from_dict({k: v for k, v in config["sample"].items() if k != "prompt_set"})
     return config
 

@@ -11,25 +11,29 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import shutil
-from collections import Counter
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
 from u1lib.io import atomic_path, read_json, save_safetensors, sha256_file, write_json
+from u1lib.lora.export_check import (
+    TOLERANCE,
+    compare_triples,
+    merged_tensor,
+    verify_full,
+    verify_merged,
+    verify_upstream,
+)
 from u1lib.lora.io import LoraFile, read_lora_file
-from u1lib.model.config import U1Config
+from u1lib.lora.peft import PEFT_PREFIX, peft_config, read_peft
 from u1lib.model.loading import weight_files
 
 log = logging.getLogger(__name__)
 
 UPSTREAM, FULL, REPORT, MERGED = "lora_upstream.safetensors", "full_ft.safetensors", "export.json", "merged"
 PEFT_WEIGHTS, PEFT_CONFIG = "peft/adapter_model.safetensors", "peft/adapter_config.json"
-PEFT_PREFIX = "base_model.model."
-UPSTREAM_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
 CONSUMERS = {
     UPSTREAM: "upstream's LoRA loader (utils/lora.py, load_and_merge_lora_weight_from_safetensors)",
     FULL: "partial state-dict loaders (load_state_dict(strict=False)); u1lib read_lora_file + bake_lora",
@@ -37,26 +41,6 @@ CONSUMERS = {
     PEFT_CONFIG: "PEFT-format loaders, with adapter_model.safetensors",
     MERGED: "upstream's from_pretrained and u1lib.model.loading.load_model (a complete snapshot)",
 }
-TOLERANCE = (
-    "LoRA files: per element |delta_file - delta_source| <= 2 * r * eps_fp32 * |alpha/r| * (|up| @ |down|), "
-    "the error bound of two fp32 length-r dot products (room for a consumer's other matmul kernel; the "
-    "factors are stored losslessly). full_ft.safetensors and merged/: bit-identical in the stored dtype "
-    "(the same fp32 operations on the same bytes)."
-)
-_EPS32 = torch.finfo(torch.float32).eps
-
-
-def _delta(down: torch.Tensor, up: torch.Tensor, alpha: float) -> torch.Tensor:
-    """(alpha / r) * up @ down in fp32: upstream's merge and bake_lora's."""
-    return (alpha / down.shape[0]) * (up.float() @ down.float())
-
-
-def _merged(key: str, tensor: torch.Tensor, lora: LoraFile) -> torch.Tensor:
-    """A base tensor after the adapter: W + delta added in fp32, or the full tensor; its dtype kept."""
-    module = key.removesuffix(".weight")
-    if key.endswith(".weight") and module in lora.triples:
-        return (tensor.float() + _delta(*lora.triples[module])).to(tensor.dtype)
-    return lora.full[key].to(tensor.dtype) if key in lora.full else tensor
 
 
 def _read_adapter(path: Path) -> LoraFile:
@@ -102,138 +86,6 @@ def _snapshot_files(snapshot: Path) -> tuple[list[str], list[str]]:
     return shards, sorted(set(others) - set(shards))
 
 
-def _peft_config(lora: LoraFile) -> dict:
-    """Commonest rank/alpha as defaults, the others per module; only keys PEFT has read since 0.6."""
-    ranks = {m: down.shape[0] for m, (down, _, _) in lora.triples.items()}
-    alphas = {m: int(a) if float(a).is_integer() else a for m, (_, _, a) in lora.triples.items()}
-    r, alpha = Counter(ranks.values()).most_common(1)[0][0], Counter(alphas.values()).most_common(1)[0][0]
-    return {
-        "peft_type": "LORA",
-        "task_type": None,
-        "base_model_name_or_path": None,
-        "revision": None,
-        "inference_mode": True,
-        "r": r,
-        "lora_alpha": alpha,
-        "lora_dropout": 0.0,
-        "target_modules": sorted(lora.triples),
-        "rank_pattern": {m: v for m, v in sorted(ranks.items()) if v != r},
-        "alpha_pattern": {m: v for m, v in sorted(alphas.items()) if v != alpha},
-        "modules_to_save": None,  # full tensors: vLLM refuses them, so they live in full_ft.safetensors
-        "bias": "none",
-        "fan_in_fan_out": False,
-        "init_lora_weights": True,
-        "layers_to_transform": None,
-        "layers_pattern": None,
-    }
-
-
-def _pattern(patterns: dict, module: str, default):
-    """PEFT's lookup: the exact module name, else the first key matching the end of the path."""
-    if module in patterns:
-        return patterns[module]
-    return next((v for k, v in patterns.items() if re.match(rf"(.*\.)?({k})$", module)), default)
-
-
-def read_peft(folder: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
-    """A PEFT LoRA folder as module -> (lora_A, lora_B, alpha), configured per module as PEFT would."""
-    folder = Path(folder)
-    config = read_json(folder / "adapter_config.json")
-    if config.get("peft_type") != "LORA":
-        raise ValueError(f"{folder}/adapter_config.json: peft_type {config.get('peft_type')!r}, not 'LORA'")
-    targets = config["target_modules"]
-    with safe_open(folder / "adapter_model.safetensors", framework="pt") as handle:
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    triples, problems = {}, []
-    for key in sorted(tensors):
-        if not (key.startswith(PEFT_PREFIX) and key.endswith((".lora_A.weight", ".lora_B.weight"))):
-            problems.append(f"{key}: not a PEFT LoRA key")
-        if not key.endswith(".lora_A.weight"):
-            continue
-        module = key[len(PEFT_PREFIX) : -len(".lora_A.weight")]
-        down, up = tensors[key], tensors.get(f"{PEFT_PREFIX}{module}.lora_B.weight")
-        rank = _pattern(config["rank_pattern"], module, config["r"])
-        if isinstance(targets, str):
-            targeted = re.fullmatch(targets, module)
-        else:
-            targeted = any(module == t or module.endswith(f".{t}") for t in targets)
-        if up is None or down.shape[0] != rank or up.shape[1] != rank or not targeted:
-            problems.append(f"{module}: no lora_B, factors not of rank {rank}, or not in target_modules")
-            continue
-        triples[module] = (down, up, float(_pattern(config["alpha_pattern"], module, config["lora_alpha"])))
-    if problems:
-        raise ValueError(f"{folder}: not a PEFT LoRA adapter:\n  " + "\n  ".join(problems))
-    return triples
-
-
-def compare_triples(got: dict, source: dict) -> tuple[float, list[str]]:
-    """Max |delta_got - delta_source| over all modules, and every module outside TOLERANCE."""
-    problems = [f"{m}: missing" for m in source if m not in got]
-    problems += [f"{m}: not in the source adapter" for m in got if m not in source]
-    worst = 0.0
-    for module in sorted(set(got) & set(source)):
-        down, up, alpha = source[module]
-        got_down, got_up, got_alpha = got[module]
-        if torch.equal(got_down, down) and torch.equal(got_up, up) and float(got_alpha) == float(alpha):
-            continue  # the same factors merge to the same weight: no need to multiply 8B-sized deltas out
-        expected, actual = _delta(down, up, alpha), _delta(*got[module])
-        if actual.shape != expected.shape:
-            problems.append(f"{module}: delta shape {tuple(actual.shape)} != {tuple(expected.shape)}")
-            continue
-        bound = 2 * down.shape[0] * _EPS32 * abs(alpha / down.shape[0]) * (up.float().abs() @ down.float().abs())
-        diff = (actual - expected).abs()
-        worst = max(worst, float(diff.max()))
-        if (diff > bound).any():
-            problems.append(f"{module}: merged weight off by up to {float(diff.max()):.3g}")
-    return worst, problems
-
-
-def _verify_upstream(path: Path, lora: LoraFile) -> tuple[float, list[str]]:
-    """Every key is one upstream's loader looks up, factors fp32 (older upstream asserts it), merge equal."""
-    with safe_open(path, framework="pt") as handle:
-        keys = {k: handle.get_slice(k).get_dtype() for k in handle.keys()}
-    problems = [f"{k}: upstream's loader would ignore it" for k in keys if not k.endswith(UPSTREAM_SUFFIXES)]
-    problems += [f"{k}: {dtype}, upstream expects F32" for k, dtype in keys.items() if dtype != "F32"]
-    worst, found = compare_triples(read_lora_file(path).triples, lora.triples)
-    return worst, problems + found
-
-
-def _verify_full(path: Path, lora: LoraFile) -> tuple[float | None, list[str]]:
-    """The fully fine-tuned tensors, bit for bit, under their parameter names."""
-    with safe_open(path, framework="pt") as handle:
-        got = {k: handle.get_tensor(k) for k in handle.keys()}
-    if got.keys() != lora.full.keys():
-        return None, [f"holds {sorted(got)}, the adapter {sorted(lora.full)}"]
-    bad = [n for n, t in got.items() if t.dtype != lora.full[n].dtype or not torch.equal(t, lora.full[n])]
-    return (None if bad else 0.0), [f"{n}: differs from the adapter's" for n in bad]
-
-
-def _verify_merged(snapshot: Path, merged: Path, lora: LoraFile, copied: list[str]) -> tuple[float | None, list[str]]:
-    """Read merged/ through our loader's shard listing, tensor by tensor beside the base (never whole)."""
-    U1Config.from_file(merged)
-    problems = [
-        f"{rel}: differs from the snapshot's"
-        for rel in copied
-        if sha256_file(merged / rel) != sha256_file(snapshot / rel)
-    ]
-    base_files, got_files = weight_files(snapshot), weight_files(merged)
-    if {n: sorted(k) for n, k in base_files.items()} != {n: sorted(k) for n, k in got_files.items()}:
-        return None, problems + ["shards or their keys differ from the snapshot's"]
-    worst = 0.0
-    for name, keys in got_files.items():
-        with safe_open(snapshot / name, framework="pt") as base, safe_open(merged / name, framework="pt") as got:
-            for key in keys:
-                expected, actual = _merged(key, base.get_tensor(key), lora), got.get_tensor(key)
-                if actual.dtype != expected.dtype or actual.shape != expected.shape:
-                    problems.append(f"{name}: {key} is {actual.dtype} {tuple(actual.shape)}, expected {expected.dtype}")
-                    continue
-                if actual.numel():
-                    worst = max(worst, float((actual.float() - expected.float()).abs().max()))
-                if not torch.equal(actual, expected):
-                    problems.append(f"{name}: {key} differs from the merge")
-    return worst, problems
-
-
 def _clear_out(out: Path, planned: list[str], adapter: Path, overwrite: bool) -> None:
     """Refuse to replace files unless ``overwrite``; then remove ours: planned, and stale ones an earlier
     export.json lists, so the folder always says what its export.json says."""
@@ -259,12 +111,12 @@ def _write(out: Path, lora: LoraFile, adapter: Path, snapshot: Path | None, shar
         peft[f"{PEFT_PREFIX}{module}.lora_A.weight"], peft[f"{PEFT_PREFIX}{module}.lora_B.weight"] = down, up
     save_safetensors(out / UPSTREAM, upstream, {**meta, "u1lib.format": "upstream_lora"})
     save_safetensors(out / PEFT_WEIGHTS, peft, {"format": "pt"})
-    write_json(out / PEFT_CONFIG, _peft_config(lora))
+    write_json(out / PEFT_CONFIG, peft_config(lora))
     if lora.full:
         save_safetensors(out / FULL, dict(sorted(lora.full.items())), {**meta, "u1lib.format": "full_ft"})
     for rel in shards:  # one shard in memory at a time
         with safe_open(snapshot / rel, framework="pt") as handle:
-            tensors = {k: _merged(k, handle.get_tensor(k), lora) for k in handle.keys()}
+            tensors = {k: merged_tensor(k, handle.get_tensor(k), lora) for k in handle.keys()}
             shard_meta = handle.metadata()
         save_safetensors(out / MERGED / rel, tensors, shard_meta)
         del tensors
@@ -321,12 +173,12 @@ def export_adapter(
         )
 
     try:
-        results = {UPSTREAM: _verify_upstream(out / UPSTREAM, lora)}
+        results = {UPSTREAM: verify_upstream(out / UPSTREAM, lora)}
         results[PEFT_WEIGHTS] = compare_triples(read_peft(out / "peft"), lora.triples)
         if full:
-            results[FULL] = _verify_full(out / FULL, lora)
+            results[FULL] = verify_full(out / FULL, lora)
         if merged:
-            results[f"{MERGED}/"] = _verify_merged(snapshot, out / MERGED, lora, others)
+            results[f"{MERGED}/"] = verify_merged(snapshot, out / MERGED, lora, others)
     except ValueError as err:  # a file that does not even read back
         results = {"reading back": (None, [str(err)])}
     problems = [f"{rel}: {p}" for rel, (_, found) in results.items() for p in found]

@@ -196,6 +196,14 @@ def bake_lora(model: nn.Module, lora: LoraFile, skip: list[str] | tuple[str, ...
     return report
 
 
+def bake_upstream_lora(model: nn.Module, spec: dict | None) -> dict[str, list[str]] | None:
+    """Bake the config's ``upstream_lora: {path, skip}`` into the base; None (nothing baked) when the
+    spec or its path is empty, the config's default, so training and sampling take the section as is."""
+    if not spec or not spec.get("path"):
+        return None
+    return bake_lora(model, read_lora_file(spec["path"]), skip=tuple(spec.get("skip", ())))
+
+
 def adapter_metadata(*, config: dict, spec: str, base_revision: str, step: int) -> dict[str, str]:
     return {
         "u1lib.config": json.dumps(config, sort_keys=True),

@@ -23,11 +23,9 @@ import sys
 from pathlib import Path
 
 from u1lib.io import read_json, write_text
-from u1lib.report import html, plots, ranking, tables
-from u1lib.report.collect import Run, read_run, sample_rows
+from u1lib.report import html, plots, ranking, sections, tables
+from u1lib.report.collect import read_run
 from u1lib.report.colors import BASE_COLOR, variant_styles
-from u1lib.report.ranking import Standing
-from u1lib.report.sheets import contact_grid, preview_grids
 
 
 def _parse_variants(variants: dict) -> tuple[str, dict[str, dict], dict[str, str]]:
@@ -69,141 +67,21 @@ def _variant_order(run_dirs: dict, knobs: dict, base: str) -> list[str]:
     return [name for name in declared if name in run_dirs] + [n for n in run_dirs if n not in declared]
 
 
-TINY_BANNER = (
-    "The embedded tiny model has random weights: samples show noise; "
-    "this report demonstrates the pipeline, not a style."
-)
+TINY_BANNERS = {  # by the weights the tiny model's revision names (u1lib/snapshot_record.py)
+    "random": "The embedded tiny model has random weights: samples show noise; "
+    "this report demonstrates the pipeline, not a style.",
+    "pretrained": "The embedded tiny model was pretrained for a few CPU minutes on generated shapes "
+    "(u1lib/tiny_pretrain.py): its samples show the colours a caption names, in coarse tiles, and training "
+    "moves them towards the training photos; this report demonstrates the pipeline, not a style.",
+}
 
 
-def _verdict(standings: list[Standing], base: float | None, effects: dict, labels: dict[str, str]) -> str:
-    """One sentence a reader can act on: the best variant, by how much, and which knob value helps most."""
-    ranked = [s for s in standings if s.best is not None]
-    if not ranked:
-        return html.paragraph("No run has a validation loss yet: nothing to rank.", "verdict")
-    decimals = tables.loss_decimals([s.best for s in ranked] + [base])
-    best = ranked[0]
-    label = f" ({labels[best.name]})" if labels.get(best.name) else ""
-    loss = tables.fmt_loss(best.best, decimals)
-    parts = [("Best: ", False), (best.name, True)]
-    parts.append((f"{label}, validation loss {loss} at step {best.best_step:,}", False))
-    if best.vs_base is not None:
-        relative = f" ({tables.fmt_percent(100 * best.vs_base / best.base)})" if best.base else ""
-        parts.append((f", {tables.fmt_delta(best.vs_base, decimals)}{relative} against the base model", False))
-        if best.vs_base >= 0:
-            parts.append((" (no variant improves on the base model)", True))
-    if not best.finished:
-        parts.append((" (still training)", True))
-    if len(ranked) > 1:
-        parts.append((f"; next: {ranked[1].name}, {tables.fmt_delta(ranked[1].best - best.best, decimals)}.", False))
-    values = [value for _, axis_values in effects.values() for value in axis_values]
-    if values:
-        strongest = min(values, key=lambda v: v.effect)
-        parts += [
-            (" Largest average gain: ", False),
-            (f"{strongest.axis} = {tables.fmt_value(strongest.value)}", True),
-            (f" ({tables.fmt_delta(strongest.effect, decimals)} against the mean over its axis).", False),
-        ]
-    return html.rich(parts, "verdict")
-
-
-def _leaderboard_section(standings, base_value, knobs, labels, styles, effects, definition: str) -> str:
-    """What the loss is, the ranked table, the same as dots on one axis, then each axis value's effect."""
-    dots = plots.best_validation(standings, base_value, styles)
-    if effects:
-        effect_part = (
-            html.heading("Average effect of each grid axis value")
-            + html.paragraph(
-                "For each axis: the mean best validation loss of the variants with that value, against the mean "
-                "over all variants that set the axis (negative: the value helps). On a full grid this averages "
-                "over the other axes; highlighted: the best value of each axis."
-            )
-            + html.table(tables.effects_table(effects))
-        )
-    else:
-        effect_part = html.paragraph("No grid axis has two values with a validation loss yet.", "empty")
-    return html.section(
-        "leaderboard",
-        "Leaderboard",
-        html.paragraph(definition[0].upper() + definition[1:] + ".", "definition"),
-        html.paragraph(
-            "Ranked by each run's best validation loss; 'vs base model' is that loss minus the run's own step-0 "
-            "validation (the untrained model on the same images, t grid and noise), 'vs best' minus the leader's. "
-            "adapter.safetensors holds the last step's weights (its loss: 'last validation'); "
-            "adapter_best.safetensors those of the best validation step after step 0 (runs table, files)."
-        ),
-        html.table(tables.leaderboard_table(standings, base_value, knobs, labels, styles), "leaderboard"),
-        html.figures({"best validation loss per variant": dots}),
-        effect_part,
-    )
-
-
-def _previews_section(runs: list[Run], page_dir: Path, colors: dict, row_labels: dict, notes: list[str]) -> str:
-    grids = preview_grids(runs, page_dir, notes)
-    if not grids:
-        body = html.paragraph(
-            "No previews: no run folder has previews/step-*/index.json (the trainer writes them during training "
-            "when previews are on).",
-            "empty",
-        )
-        return html.section("previews", "Previews across training steps", body)
-    parts = [html.paragraph("Per prompt: a row per variant, a column per training step; click an image for full size.")]
-    blocks = [
-        html.heading(title) + html.image_grid(grid, colors, row_labels, caption=prompt) for title, prompt, grid in grids
-    ]
-    return html.section("previews", "Previews across training steps", *parts, html.side_by_side(blocks))
-
-
-def _samples_section(
-    runs: list[Run], prompt_set: str, page_dir: Path, colors: dict, row_labels: dict, notes: list[str]
-) -> str:
-    rows = sample_rows(runs)
-    if not rows:
-        body = html.paragraph(f"No samples found for prompt set {prompt_set!r}.", "empty")
-        return html.section("samples", "Samples", body)
-    return html.section(
-        "samples",
-        f"Samples (prompt set {prompt_set!r})",
-        html.paragraph("A row per variant (base model first, then by rank); click an image for full size."),
-        html.image_grid(contact_grid(runs, rows, page_dir, notes), colors, row_labels),
-        _thoughts_block(runs, rows),
-        _settings_block("Sampler settings", {run.name: run.sampler for run in runs if run.sampler}, colors),
-    )
-
-
-def _thoughts_block(runs: list[Run], rows) -> str:
-    """Think mode: the text the understanding tower wrote before each prompt (the same for every
-    variant, since adapters change only the generation tower)."""
-    thoughts = {}
-    for run in runs:
-        for prompt_id, thought in run.thoughts.items():
-            thoughts.setdefault(prompt_id, thought)
-    if not thoughts:
+def tiny_banner(model: dict) -> str:
+    """The banner for the embedded tiny model ('' for any other), saying what its samples can show."""
+    if model.get("source") != "tiny":
         return ""
-    prompts = {row.prompt_id: row.prompt for row in rows}
-    table = tables.Table(
-        ["prompt id", "prompt", "thought (think mode)", "stopped by", "tokens"],
-        [
-            [pid, prompts.get(pid, ""), str(t.get("text", "")), str(t.get("stop", "")), str(t.get("tokens", ""))]
-            for pid, t in thoughts.items()
-        ],
-        numeric_columns={4},
-    )
-    return html.heading("Think mode: the thought written before each prompt") + html.table(table, "thoughts")
-
-
-def _settings_block(title: str, per_run: dict[str, dict], colors: dict[str, str]) -> str:
-    """Only the keys that differ, with each run's value, then the shared settings as one list."""
-    split = tables.settings_tables(per_run, colors)
-    if split is None:
-        return html.heading(title) + html.paragraph("Not recorded by any run yet.", "empty")
-    shared, differing = split
-    parts = [html.heading(f"{title}: differing")]
-    if differing.rows:
-        parts.append(html.table(differing, "settings"))
-    else:
-        parts.append(html.paragraph(f"None: all {len(per_run)} runs that recorded them agree.", "empty"))
-    parts += [html.heading(f"{title}: shared by all {len(per_run)}"), html.table(shared, "settings")]
-    return "".join(parts)
+    pretrained = str(model.get("revision", "")).endswith("-pretrained")
+    return html.banner(TINY_BANNERS["pretrained" if pretrained else "random"])
 
 
 def build_report(
@@ -251,7 +129,7 @@ def build_report(
     effects = ranking.axis_effects(standings, knobs)
     definition = ranking.validation_description(trained, notes)
 
-    leaderboard_part = _leaderboard_section(standings, base_value, knobs, labels, styles, effects, definition)
+    leaderboard_part = sections.leaderboard_section(standings, base_value, knobs, labels, styles, effects, definition)
     curves_part = html.section(
         "curves",
         "Curves",
@@ -266,14 +144,16 @@ def build_report(
     )
     ranks = {s.name: f"#{position} {s.name}" for position, s in enumerate(standings, 1) if s.best is not None}
     row_labels = {**{run.name: f"{run.name} (untrained)" for run in runs if not run.trained}, **ranks}
-    previews_part = _previews_section(shown, page_dir, colors, row_labels, notes)
-    samples_part = _samples_section(shown, prompt_set, page_dir, colors, row_labels, notes)
+    previews_part = sections.previews_section(shown, page_dir, colors, row_labels, notes)
+    samples_part = sections.samples_section(shown, prompt_set, page_dir, colors, row_labels, notes)
     datasets = {run.name: run.metrics["dataset"] for run in trained if isinstance(run.metrics.get("dataset"), dict)}
     settings_part = html.section(
         "settings",
         "Data and training settings",
-        _settings_block("Data (files, rows, fingerprints)", datasets, colors),
-        _settings_block("Training settings (config.json)", {r.name: r.config for r in trained if r.config}, colors),
+        sections.settings_block("Data (files, rows, fingerprints)", datasets, colors),
+        sections.settings_block(
+            "Training settings (config.json)", {r.name: r.config for r in trained if r.config}, colors
+        ),
     )
     runs_part = html.section(
         "runs",
@@ -288,11 +168,10 @@ def build_report(
     provenance_part = html.section(
         "provenance", "Provenance", html.table(tables.provenance_table(provenance), "provenance")
     )
-    tiny = (provenance.get("model") or {}).get("source") == "tiny"
     page = html.page(
         "LoRA ablation report",
         f"{len(trained)} trained variants against {base!r}; prompt set {prompt_set!r}",
-        html.banner(TINY_BANNER) if tiny else "",
+        tiny_banner(provenance.get("model") or {}),
         html.nav(
             {
                 "leaderboard": "Leaderboard",
@@ -304,7 +183,7 @@ def build_report(
                 "provenance": "Provenance",
             }
         ),
-        _verdict(standings, base_value, effects, labels),
+        sections.verdict(standings, base_value, effects, labels),
         leaderboard_part,
         html.notes_box(notes),  # after every part that adds notes
         curves_part,

@@ -1,5 +1,8 @@
 """Report figures as PNG bytes, drawn with matplotlib's Agg canvas (no pyplot, no display, no global state).
 
+About 300 lines, one job: a list of similar figure builders, one per figure of the page, and the few
+axis helpers they share.
+
 Honest axes: one metric per axis, linear scales zoomed to where the variants are (never from 0),
 and tick labels written out in full (matplotlib's offset notation made every tick of an 8B run read
 2.53795e-1). Each variant keeps one colour and marker on every figure (``colors.variant_styles``).

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from u1lib.io import read_json, read_jsonl, write_json, write_jsonl
 
+FOLDER = "checkpoints"  # inside the run folder
 PREFIX = "step-"
 LOG_NAMES = ("train_log.jsonl", "val_log.jsonl")
 

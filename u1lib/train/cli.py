@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from u1lib.device import use_compile_cache
 from u1lib.train.loop import train
 from u1lib.train.resume import ON_INCOMPATIBLE
 
@@ -26,7 +27,10 @@ def cli(verb: str, argv: list[str]) -> int:
         default="refuse",
         help="checkpoints this run cannot continue from: refuse (default) or restart from scratch",
     )
+    parser.add_argument("--compile-cache", type=Path, help="torch.compile's caches; jobs sharing it compile once")
     args = parser.parse_args(argv)
+    if args.compile_cache:
+        use_compile_cache(args.compile_cache)
     try:
         raw = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as err:

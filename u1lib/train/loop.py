@@ -3,13 +3,12 @@
 Loads only the generation tower and fm modules (plus the understanding tower in online-prefix
 mode), wraps LoRA per spec, trains, checkpoints every N steps and at the end into
 ``run_dir/checkpoints``, and resumes from the newest qualifying checkpoint when the same command runs
-again (train/resume.py says which qualify).
+again (train/resume.py says which qualify). What happens between the steps is train/monitor.py's.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import time
 from pathlib import Path
@@ -17,55 +16,33 @@ from pathlib import Path
 import torch
 
 from u1lib.cache import PrefixCacheReader
-from u1lib.data.prompts import PromptSpec, load_tokenizer
 from u1lib.data.reader import BucketBatchSampler
 from u1lib.device import resolve_device, resolve_dtype
 from u1lib.io import read_json, write_json
 from u1lib.lora.adapter import make_trainable
-from u1lib.lora.io import adapter_metadata, bake_lora, read_lora_file, save_adapter
+from u1lib.lora.io import adapter_metadata, bake_upstream_lora, save_adapter
 from u1lib.lora.spec import TrainableSurface
 from u1lib.model.loading import load_model
 from u1lib.model.offload import apply_memory_plan
-from u1lib.model.u1 import U1Model
-from u1lib.prefix import PrefixEncoder
 from u1lib.snapshot import require_verified
-from u1lib.source_hash import code_hash
 from u1lib.train import checkpoint as ckpt
-from u1lib.train.adapter_files import AdapterFiles
+from u1lib.train import state
 from u1lib.train.distributed import init_from_env
 from u1lib.train.inputs import open_cache, open_data
+from u1lib.train.lineage import run_lineage
 from u1lib.train.metrics import THistogram
+from u1lib.train.monitor import RunMonitor
 from u1lib.train.objectives import flow_loss, image_weights
-from u1lib.train.optim import lr_factor, make_optimizer
+from u1lib.train.optim import WeightEma, make_optimizer, set_lr
 from u1lib.train.prefetch import BatchPrefetcher
-from u1lib.train.prefixes import PrefixSource
-from u1lib.train.previews import Previewer, PreviewSettings
+from u1lib.train.prefixes import open_prefixes
 from u1lib.train.progress import TrainProgress
 from u1lib.train.resume import choose_checkpoint
-from u1lib.train.run_folder import TRAIN_LOG, VAL_LOG, RunLogs, run_lock
+from u1lib.train.run_folder import RunLogs, run_lock
 from u1lib.train.settings import TrainSettings
 from u1lib.train.stop import TrainingInterrupted, stop_on_signals
 from u1lib.train.summary import run_metrics
 from u1lib.train.timesteps import sample_t
-from u1lib.train.tracking import Trackers
-from u1lib.train.validation import Validator
-
-log = logging.getLogger(__name__)
-
-# The lineage's code: what the training step imports, less what cannot change a checkpoint's
-# tensors or the history it carries (display, file plumbing, the run summary, the resume rule itself).
-LINEAGE_EXCLUDED = (
-    "train/progress.py",
-    "train/stop.py",
-    "train/run_folder.py",
-    "train/summary.py",
-    "train/resume.py",
-    "train/metrics.py",
-    "io.py",
-    "provenance.py",
-    "source_hash.py",
-    "snapshot.py",
-)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -73,6 +50,9 @@ class NonFiniteLoss(RuntimeError):
 
 
 class Trainer:
+    """One run: ``__init__`` sets it up in named steps (each needs the ones before), :meth:`fit`
+    trains or resumes, :meth:`save` delivers."""
+
     def __init__(
         self,
         s: TrainSettings,
@@ -87,28 +67,62 @@ class Trainer:
         on_incompatible: str = "refuse",
     ):
         self.s, self.run_dir, self.on_incompatible = s, Path(run_dir), on_incompatible
-        self.dist = init_from_env()
-        self.device = resolve_device(s.device)  # after init_from_env: each rank's own GPU
-        self.base_dtype = resolve_dtype(s.precision, self.device)
+        self.checkpoints = self.run_dir / ckpt.FOLDER
+        self.run_config = {"train": s.to_dict(), "prompt": prompt or {}}
+        self._join_ranks()
         snapshot_dir = require_verified(manifest_path, snapshot_dir)  # a snapshot that changed is refused
+        cache = self._open_inputs(manifest_path, train_parquet, val_parquet, cache_dir)
+        self._load_model(snapshot_dir)
+        self._make_trainable()
+        self.optimizer = make_optimizer(list(self.trainable.values()), s, self.device)
+        self.ema = WeightEma(self.trainable, s.ema)
+        self._prepare_batches()
+        self.prefixes = open_prefixes(
+            cache,
+            model=self.model,
+            snapshot_dir=snapshot_dir,
+            prompt=prompt,
+            data=[self.train_data, self.val_data],
+            dtype=self.base_dtype,
+            device=self.device,
+        )
+        self.lineage = run_lineage(s, self.manifest, self.train_data, cache, prompt)
+        self._step_0_state()
+        self.monitor = self._make_monitor()
+
+    # setup --------------------------------------------------------------------------------
+    def _join_ranks(self) -> None:
+        self.dist = init_from_env()
+        self.device = resolve_device(self.s.device)  # after init_from_env: each rank's own GPU
+        self.base_dtype = resolve_dtype(self.s.precision, self.device)
+
+    def _open_inputs(self, manifest_path, train_parquet, val_parquet, cache_dir) -> PrefixCacheReader | None:
+        """The data, and the prefix cache when resident: before the model loads, so they fail fast."""
         self.manifest = read_json(manifest_path)
         self.train_data, self.val_data, self.val_source = open_data(Path(train_parquet), val_parquet)
-        cache = None  # before the model loads: a cache that cannot serve fails fast
-        if s.memory_mode == "resident":
-            held_out = [self.val_data] if self.val_source == "held-out" else []
-            cache = open_cache(
-                cache_dir,
-                manifest=self.manifest,
-                data=[self.train_data, *held_out],
-                device=self.device,
-                dtype=self.base_dtype,
-            )
-        self.model = self._load_model(snapshot_dir)
+        if self.s.memory_mode != "resident":
+            return None
+        held_out = [self.val_data] if self.val_source == "held-out" else []
+        return open_cache(
+            cache_dir,
+            manifest=self.manifest,
+            data=[self.train_data, *held_out],
+            device=self.device,
+            dtype=self.base_dtype,
+        )
+
+    def _load_model(self, snapshot_dir) -> None:
+        s = self.s
+        groups = ["gen", "fm"] + (["und", "embed"] if s.memory_mode == "online_prefix" else [])
+        self.model = load_model(snapshot_dir, groups, device=self.device, dtype=self.base_dtype)
         self.t_eps = self.model.config.t_eps if s.t_eps is None else s.t_eps
-        self.baked = self._bake_upstream_lora()
+        self.baked = bake_upstream_lora(self.model, s.upstream_lora)
+
+    def _make_trainable(self) -> None:
+        s = self.s
         self.surface = TrainableSurface.resolve(s.lora, s.full_ft, self.model.config)
         torch.manual_seed(s.seed)  # adapter init
-        self.trainable_names = make_trainable(self.model, self.surface, dropout=s.lora_dropout)
+        names = make_trainable(self.model, self.surface, dropout=s.lora_dropout)
         apply_memory_plan(
             self.model,
             checkpointing=s.checkpointing,
@@ -117,127 +131,46 @@ class Trainer:
             compile=s.compile,
         )  # after the surface: only frozen weights stream
         params = dict(self.model.named_parameters())
-        self.params = [params[n] for n in self.trainable_names]
-        self.optimizer = make_optimizer(self.params, s, self.device)
-        self.ema = {n: p.detach().clone() for n, p in zip(self.trainable_names, self.params)} if s.ema else {}
-        self.sampler = BucketBatchSampler(self.train_data, s.batch_size, seed=s.seed, drop_last=True)
-        self.loader = BatchPrefetcher(self.train_data, pin_memory=self.device.type == "cuda")
-        data, token = self.train_data, self.model.config.token_size
+        self.trainable = {n: params[n] for n in names}
+
+    def _prepare_batches(self) -> None:
+        s, data = self.s, self.train_data
+        self.sampler = BucketBatchSampler(data, s.batch_size, seed=s.seed, drop_last=True)
+        self.loader = BatchPrefetcher(data, pin_memory=self.device.type == "cuda")
+        token = self.model.config.token_size
         self.weights = image_weights(data.widths, data.heights, token, s.token_weighting)  # None: equal
-        self.prefixes = self._prefix_source(cache, snapshot_dir, prompt)
-        self.validator = Validator(
-            self.val_data,
-            self.prefixes,
-            t_values=s.val_t,
-            seed=s.val_seed,
-            max_items=s.val_max_items,
-            t_eps=self.t_eps,
-            device=self.device,
-        )
-        self.lineage = self._lineage(cache, prompt)
-        self.logs = RunLogs(self.run_dir, writes=self.dist.is_main)
-        self.run_config = {"train": s.to_dict(), "prompt": prompt or {}}
-        self.adapters = AdapterFiles(self.run_dir, self._write_adapter, save_every=s.save_every)
-        self.previewer = Previewer(
-            PreviewSettings.from_dict(s.preview), self.val_data, self.prefixes, self.run_dir / "previews", self.device
-        )
-        main = self.dist.is_main  # the other ranks write no files
-        self.trackers = Trackers(
-            self.run_dir,
-            tensorboard=s.tensorboard and main,
-            wandb_project=s.wandb_project if main else None,
-            config=self.run_config,
-        )
-        self.generator = torch.Generator(device=self.device).manual_seed(s.seed)
+
+    def _step_0_state(self) -> None:
+        """The counters, random stream, history and progress display of step 0 (a resume replaces them)."""
+        self.generator = torch.Generator(device=self.device).manual_seed(self.s.seed)
         self.step, self.images_seen, self.dropped_total = 0, 0, 0
         self.t_hist = THistogram()
         self.train_seconds = 0.0
-        self.progress = TrainProgress(s.steps)
+        self.logs = RunLogs(self.run_dir, writes=self.dist.is_main)
+        self.progress = TrainProgress(self.s.steps)
 
-    # setup --------------------------------------------------------------------------------
-    def _load_model(self, snapshot_dir) -> U1Model:
-        groups = ["gen", "fm"] + (["und", "embed"] if self.s.memory_mode == "online_prefix" else [])
-        return load_model(snapshot_dir, groups, device=self.device, dtype=self.base_dtype)
-
-    def _bake_upstream_lora(self) -> dict | None:
-        spec = self.s.upstream_lora
-        if not spec:
-            return None
-        return bake_lora(self.model, read_lora_file(spec["path"]), skip=tuple(spec.get("skip", ())))
-
-    def _prefix_source(self, cache: PrefixCacheReader | None, snapshot_dir, prompt) -> PrefixSource:
-        if cache is not None:
-            return PrefixSource(cache=cache, encoder=None, captions={}, dtype=self.base_dtype)
-        spec = PromptSpec.from_dict(prompt or {})
-        encoder = PrefixEncoder(self.model, load_tokenizer(snapshot_dir), spec, self.device)
-        captions = {}
-        for data in (self.train_data, self.val_data):
-            captions.update(zip(data.sample_ids, data.texts()))
-        return PrefixSource(cache=None, encoder=encoder, captions=captions, dtype=self.base_dtype)
-
-    def _lineage(self, cache: PrefixCacheReader | None, prompt) -> dict:
-        return {
-            "settings": self.s.compatibility(),
-            "model": self.manifest.get("manifest_hash"),
-            "data": self.train_data.fingerprint(),
-            # the prompt the prefixes were made with: the cache records it, online mode is given it
-            "prompt": cache.info["prompt"] if cache is not None else PromptSpec.from_dict(prompt or {}).to_dict(),
-            "engine": code_hash(["train/loop.py"], exclude=LINEAGE_EXCLUDED),
-        }
+    def _make_monitor(self) -> RunMonitor:
+        return RunMonitor(
+            self.s,
+            self.run_dir,
+            self.dist,
+            model=self.model,
+            autocast=self.autocast,
+            prefixes=self.prefixes,
+            val_data=self.val_data,
+            t_eps=self.t_eps,
+            device=self.device,
+            logs=self.logs,
+            progress=self.progress,
+            run_config=self.run_config,
+            write_adapter=self._write_adapter,
+            capture=lambda: state.capture(self),
+        )
 
     def autocast(self):
         if self.base_dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
-
-    # state ----------------------------------------------------------------------------------
-    def save_checkpoint(self) -> Path | None:
-        if not self.dist.is_main:
-            return None
-        opt_tensors, opt_scalars = ckpt.optimizer_to_tensors(self.optimizer, self.trainable_names)
-        state = ckpt.TrainState(
-            step=self.step,
-            trainable={n: p for n, p in zip(self.trainable_names, self.params)},
-            optimizer=opt_tensors,
-            optimizer_scalars=opt_scalars,
-            ema=self.ema,
-            rng=ckpt.capture_rng(self.generator, self.device),
-            info={
-                "sampler": self.sampler.state_dict(),
-                "images_seen": self.images_seen,
-                "dropped_total": self.dropped_total,
-                "t_hist": self.t_hist.counts.tolist(),
-                "train_seconds": self.train_seconds,
-                "lineage": self.lineage,
-                "world_size": self.dist.world_size,
-            },
-            logs=self.logs.records,
-        )
-        return ckpt.save_checkpoint(self.run_dir / "checkpoints", state, keep=self.s.keep_checkpoints)
-
-    def resume(self) -> bool:
-        state = choose_checkpoint(self.run_dir / "checkpoints", self.lineage, self.s.steps, self.on_incompatible)
-        if state is None:
-            return False
-        params = dict(zip(self.trainable_names, self.params))
-        with torch.no_grad():
-            for name, tensor in state.trainable.items():
-                params[name].copy_(tensor)
-            for name, tensor in state.ema.items():
-                self.ema[name].copy_(tensor)
-        ckpt.optimizer_from_tensors(self.optimizer, self.trainable_names, state.optimizer, state.optimizer_scalars)
-        ckpt.restore_rng(state.rng, self.generator, self.device)
-        self.sampler.load_state_dict(state.info["sampler"])  # global batches: any number of ranks resumes
-        self.step = state.step
-        self.images_seen, self.dropped_total = state.info["images_seen"], state.info["dropped_total"]
-        self.t_hist = THistogram(counts=state.info["t_hist"])
-        self.train_seconds = state.info["train_seconds"]
-        self.logs.restore(state.logs, self.step)
-        if self.dist.is_main:
-            self.progress.resumed(self.step, f"{self.run_dir / 'checkpoints'} step {self.step}")
-            if self.logs.records[VAL_LOG]:
-                self.progress.validated(self.logs.records[VAL_LOG][-1])
-        return True
 
     def _write_adapter(self, path: Path, step: int) -> int:
         metadata = adapter_metadata(
@@ -289,18 +222,17 @@ class Trainer:
         }
 
     def train_step(self) -> dict:
-        s = self.s
+        s, params = self.s, list(self.trainable.values())
         started = time.perf_counter()
-        for group in self.optimizer.param_groups:
-            group["lr"] = s.lr * lr_factor(self.step, s)
+        set_lr(self.optimizer, self.step, s)
         parts = [self._micro_step() for _ in range(s.grad_accum)]
-        self.dist.average_gradients(self.params)
+        self.dist.average_gradients(params)
         stats = torch.stack([torch.stack([p["loss"], p["x0_mse"], p["v_mse"]]).float() for p in parts]).mean(0)
         stats = self.dist.all_reduce_sum(stats.cpu()) / self.dist.world_size
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, s.grad_clip if s.grad_clip else float("inf"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, s.grad_clip if s.grad_clip else float("inf"))
         loss = float(stats[0])
         if not math.isfinite(loss) or not math.isfinite(float(grad_norm)):
-            newest = ckpt.list_checkpoints(self.run_dir / "checkpoints")
+            newest = ckpt.list_checkpoints(self.checkpoints)
             where = newest[-1] if newest else "none (no checkpoint was written yet)"
             raise NonFiniteLoss(
                 f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step {self.step + 1} "
@@ -308,10 +240,7 @@ class Trainer:
             )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.ema:
-            with torch.no_grad():
-                for name, param in zip(self.trainable_names, self.params):
-                    self.ema[name].lerp_(param.detach(), 1 - s.ema)
+        self.ema.update(self.trainable)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - started
@@ -334,75 +263,25 @@ class Trainer:
             "seconds": elapsed,
         }
 
-    def validate(self) -> None:
-        self.model.eval()
-        record = {"step": self.step, **self.validator.run(self.model, self.dist, self.autocast)}
-        self.model.train()
-        self.logs.append(VAL_LOG, record)
-        self.progress.validated(record)
-        if self.dist.is_main:
-            self.trackers.validated(record)
-            self.adapters.validated(record, self.logs.records[VAL_LOG])
-
-    def preview(self) -> None:
-        if not self.dist.is_main:
-            return
-        self.model.eval()
-        images = self.previewer.run(self.model, self.step, self.autocast)
-        self.model.train()
-        self.trackers.previewed(self.step, images)
-
-    def _start(self) -> None:
-        """Resume, or start from step 0 with the base model's validation and previews; the run's
-        files past the resumed step (or all, from step 0) go, and the trackers replay the history."""
-        s, resumed = self.s, self.resume()
-        if self.dist.is_main:
-            if resumed:
-                self.adapters.discard_after(self.step)
-            else:
-                self.logs.start_fresh()
-                self.adapters.start_fresh()
-            self.previewer.discard_after(self.step if resumed else -1)  # -1: every preview goes
-            self.trackers.open(self.step, self.logs.records, self.previewer.root)
-        if not resumed:
-            if s.val_every:
-                self.validate()  # step 0: the base model's loss
-            if s.preview_every:
-                self.preview()
-
     def fit(self) -> None:
         try:
             self._fit()
         finally:
-            self.trackers.close()
+            self.monitor.close()
 
     def _fit(self) -> None:
         s = self.s
-        self._start()
+        saved = choose_checkpoint(self.checkpoints, self.lineage, s.steps, self.on_incompatible)
+        if saved is not None:
+            state.restore(self, saved)
+        self.monitor.start(self.step, resumed=saved is not None)
         with stop_on_signals(enabled=not self.dist.active) as stop:
             while self.step < s.steps:
-                record = self.train_step()
-                self.logs.append(TRAIN_LOG, record)
-                last = self.step == s.steps
-                if self.dist.is_main:
-                    self.trackers.trained(record)
-                    self.adapters.trained(self.step, last)
-                if s.val_every and (self.step % s.val_every == 0 or last):
-                    self.validate()
-                if s.preview_every and (self.step % s.preview_every == 0 or last):
-                    self.preview()
-                if self.dist.is_main and (self.step % s.log_every == 0 or self.step == s.steps or stop.signal_name):
-                    self.progress.step(self.step, record["loss"])
-                periodic = s.ckpt_every and (self.step % s.ckpt_every == 0 or self.step == s.steps)
-                if periodic or stop.signal_name:
-                    self.save_checkpoint()
-                    if self.dist.is_main:
-                        kept = [ckpt.checkpoint_step(p) for p in ckpt.list_checkpoints(self.run_dir / "checkpoints")]
-                        self.adapters.prune(self.logs.records[VAL_LOG], kept)
+                self.monitor.stepped(self.train_step(), stop)
                 if stop.signal_name:
                     raise TrainingInterrupted(
                         f"{stop.signal_name}: stopped at step {self.step} of {s.steps} with a checkpoint in "
-                        f"{self.run_dir / 'checkpoints'}; run the same command again to resume"
+                        f"{self.checkpoints}; run the same command again to resume"
                     )
         self.dist.barrier()
 
@@ -410,15 +289,11 @@ class Trainer:
     def save(self) -> dict:
         if not self.dist.is_main:
             return {}
-        if self.ema:  # the EMA weights are the deliverable when EMA is on
-            with torch.no_grad():
-                for name, param in zip(self.trainable_names, self.params):
-                    param.copy_(self.ema[name])
+        self.ema.copy_to(self.trainable)  # the EMA weights are the deliverable when EMA is on
         adapter_path = self.run_dir / "adapter.safetensors"
         adapter_bytes = self._write_adapter(adapter_path, self.step)
-        best = self.adapters.finish(self.logs.records[VAL_LOG], adapter_path)
-        self.previewer.write_summary()
-        metrics = {**run_metrics(self), "adapter_bytes": adapter_bytes, "best_adapter": best}
+        best = self.monitor.finish(adapter_path)
+        metrics = run_metrics(self, adapter_bytes=adapter_bytes, best_adapter=best)
         write_json(self.run_dir / "metrics.json", metrics)
         write_json(self.run_dir / "config.json", self.run_config)
         self.progress.finished(metrics, str(adapter_path))

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
+
 from u1lib.cache import PrefixCacheReader
-from u1lib.model.u1 import PrefixKV
+from u1lib.data.prompts import PromptSpec, load_tokenizer
+from u1lib.data.reader import PackedDataset
+from u1lib.model.u1 import PrefixKV, U1Model
 from u1lib.prefix import UNCOND_ID, PrefixEncoder
 
 
@@ -25,3 +31,24 @@ class PrefixSource:
     def mixed(self, ids: list[str], dropped: list[bool]) -> PrefixKV:
         """Each row's caption prefix, or the unconditional prefix where its condition is dropped."""
         return self._fetch([UNCOND_ID if d else i for i, d in zip(ids, dropped)])
+
+
+def open_prefixes(
+    cache: PrefixCacheReader | None,
+    *,
+    model: U1Model,
+    snapshot_dir: Path,
+    prompt: dict | None,
+    data: list[PackedDataset],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> PrefixSource:
+    """The cache when the run has one, else an encoder over the model's understanding tower that
+    knows every caption of ``data``."""
+    if cache is not None:
+        return PrefixSource(cache=cache, encoder=None, captions={}, dtype=dtype)
+    encoder = PrefixEncoder(model, load_tokenizer(snapshot_dir), PromptSpec.from_dict(prompt or {}), device)
+    captions = {}
+    for dataset in data:
+        captions.update(zip(dataset.sample_ids, dataset.texts()))
+    return PrefixSource(cache=None, encoder=encoder, captions=captions, dtype=dtype)

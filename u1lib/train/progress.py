@@ -46,12 +46,11 @@ class TrainProgress:
         log.info(" ".join(parts))
 
     def finished(self, metrics: dict, adapter: str) -> None:
-        val = ""
+        val, best = "", metrics["best_adapter"]
         if metrics.get("initial_val_loss") is not None and metrics.get("final_val_loss") is not None:
-            val = (
-                f"; val {metrics['initial_val_loss']:.4f} -> {metrics['final_val_loss']:.4f} "
-                f"(best {metrics['best_val_loss']:.4f} at step {metrics['best_val_step']})"
-            )
+            val = f"; val {metrics['initial_val_loss']:.4f} -> {metrics['final_val_loss']:.4f}"
+            if best["val_loss"] is not None:
+                val += f" (best {best['val_loss']:.4f} at step {best['step']})"
         log.info(
             "done: %d steps, %s of training%s; adapter %s",
             metrics["steps"],

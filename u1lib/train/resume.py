@@ -2,9 +2,10 @@
 
 The rule: a run delivers exactly ``train.steps`` steps under the settings it is given, or it
 refuses with the reason and the fix. A checkpoint qualifies when its lineage matches (the settings
-that change the math, the base model, the data, the prompt, the engine code) and its step is at
-most ``train.steps``. ``steps`` is part of the math itself when the schedule depends on it (cosine;
-see TrainSettings.compatibility), so a changed step count never reshapes a resumed schedule.
+that change the math, the base model, the data, the prompt, the engine code: train/lineage.py) and
+its step is at most ``train.steps``. ``steps`` is part of the math itself when the schedule
+depends on it (cosine; see TrainSettings.compatibility), so a changed step count never reshapes a
+resumed schedule.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 
 from u1lib.train import checkpoint as ckpt
-from u1lib.train.settings import TrainSettings
+from u1lib.train.lineage import lineage_differences
 
 ON_INCOMPATIBLE = ("refuse", "restart")
 ASIDE = "checkpoints.previous"
@@ -22,28 +23,6 @@ ASIDE = "checkpoints.previous"
 
 class IncompatibleCheckpoint(ValueError):
     """A checkpoint this run cannot continue from: other math, other inputs, or past the asked steps."""
-
-
-def lineage_differences(saved: dict, now: dict) -> list[str]:
-    """What differs between a checkpoint's lineage and this run's, one readable item each.
-
-    A setting the checkpoint does not mention (added to u1lib later) counts as its default value.
-    """
-    defaults = TrainSettings().compatibility()
-    saved_settings = {**defaults, **saved.get("settings", {})}
-    differ = [
-        f"train.{k}: checkpoint {saved_settings.get(k)!r}, now {v!r}"
-        for k, v in now["settings"].items()
-        if saved_settings.get(k) != v
-    ]
-    labels = {
-        "model": "base model manifest",
-        "data": "training data",
-        "prompt": "prompt template/trigger",
-        "engine": "engine code",
-    }
-    differ += [f"{labels[k]}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in labels if saved.get(k) != now[k]]
-    return differ
 
 
 def set_aside(folder: Path, paths: list[Path], why: str) -> None:

@@ -55,7 +55,8 @@ class TrainSettings:
     compile: bool = False  # torch.compile each layer (CUDA; the first steps pay the compilation)
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     device: str = "auto"
-    upstream_lora: dict | None = None  # {"path": ..., "skip": [...]}
+    # {"path", "skip"}: an upstream LoRA baked into the base (lora/io.py bake_upstream_lora); path null: none
+    upstream_lora: dict = dataclasses.field(default_factory=lambda: {"path": None, "skip": []})
     save_every: int = 0  # also keep the adapter every N steps (adapters/step-N.safetensors); 0: only final + best
     preview_every: int = 0  # preview samples every N steps (previews/step-N/); 0: none
     preview: dict = dataclasses.field(default_factory=dict)  # PreviewSettings keys (train/previews.py)

@@ -13,10 +13,10 @@ if TYPE_CHECKING:
     from u1lib.train.loop import Trainer
 
 
-def run_metrics(t: "Trainer") -> dict:
-    """metrics.json of a finished run (the adapter size is added by the caller, which writes the adapter)."""
+def run_metrics(t: "Trainer", *, adapter_bytes: int, best_adapter: dict) -> dict:
+    """metrics.json of a finished run. Its one "best" is ``best_adapter`` (train/adapter_files.py:
+    the lowest validation loss after step 0); the base model's loss is ``initial_val_loss`` (step 0)."""
     train_log, val_log = t.logs.records[TRAIN_LOG], t.logs.records[VAL_LOG]
-    best = min(val_log, key=lambda r: r["val_loss"]) if val_log else None
     return {
         "steps": t.step,
         "images_seen": t.images_seen,
@@ -28,9 +28,7 @@ def run_metrics(t: "Trainer") -> dict:
         "final_train_loss": train_log[-1]["loss"] if train_log else None,
         "initial_val_loss": val_log[0]["val_loss"] if val_log and val_log[0]["step"] == 0 else None,
         "final_val_loss": val_log[-1]["val_loss"] if val_log else None,
-        "best_val_loss": best["val_loss"] if best else None,
-        "best_val_step": best["step"] if best else None,
-        "trainable_params": sum(p.numel() for p in t.params),
+        "trainable_params": sum(p.numel() for p in t.trainable.values()),
         "device": device_name(t.device),
         "world_size": t.dist.world_size,
         "versions": versions(),
@@ -43,4 +41,6 @@ def run_metrics(t: "Trainer") -> dict:
             "validation": {"source": t.val_source, **dataset_record(t.val_data)},
         },
         "upstream_lora": t.baked and {k: len(v) for k, v in t.baked.items()},
+        "adapter_bytes": adapter_bytes,
+        "best_adapter": best_adapter,
     }

@@ -13,7 +13,9 @@ import pytest
 from PIL import Image
 
 from u1lib.data.buckets import BucketSpec
-from u1lib.data.pack import ROW_GROUP_SIZE, PackError, cli, inspect_data, pack, split_validation
+from u1lib.data.inspect import cli as inspect_cli
+from u1lib.data.inspect import inspect_data
+from u1lib.data.pack import ROW_GROUP_SIZE, PackError, cli, pack, split_validation
 from u1lib.data.schema import PACKED_SCHEMA
 from u1lib.data.sources import SourceError, sample_id_problem
 
@@ -321,7 +323,7 @@ def test_cli_pack_and_inspect(tmp_path, capsys):
     assert code == 0
     assert json.loads((tmp_path / "out" / "stats.json").read_text())["split"]["split_seed"] == 7
     capsys.readouterr()
-    assert cli("inspect-data", [str(tmp_path / "out" / "train.parquet")]) == 0
+    assert inspect_cli("inspect-data", [str(tmp_path / "out" / "train.parquet")]) == 0
     printed = capsys.readouterr().out
     assert "3 rows" in printed and "bucket" in printed and "caption chars" in printed and "schema: ok" in printed
 
@@ -341,7 +343,7 @@ def test_inspect_flags_a_wrong_schema(tmp_path, capsys):
     summary = inspect_data(path)
     assert "missing column 'image' (binary)" in summary["problems"]
     assert "column 'width' has type int64, expected int32" in summary["problems"]
-    assert cli("inspect-data", [str(path)]) == 1
+    assert inspect_cli("inspect-data", [str(path)]) == 1
     assert "PROBLEM" in capsys.readouterr().out
 
 

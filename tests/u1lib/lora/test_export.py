@@ -15,8 +15,9 @@ from u1lib.cli import main
 from u1lib.io import sha256_file
 from u1lib.lora import export as export_module
 from u1lib.lora.adapter import adapters_of, make_trainable
-from u1lib.lora.export import PEFT_PREFIX, export_adapter, read_peft
+from u1lib.lora.export import export_adapter
 from u1lib.lora.io import adapter_metadata, bake_lora, read_lora_file, save_adapter
+from u1lib.lora.peft import PEFT_PREFIX, read_peft
 from u1lib.lora.spec import TrainableSurface
 from u1lib.model.config import U1Config
 from u1lib.model.keys import GROUPS

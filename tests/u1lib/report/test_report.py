@@ -23,8 +23,9 @@ from PIL import Image
 
 from u1lib.report import build_report, cli
 from u1lib.report.collect import flatten
+from u1lib.report.formats import fmt_bytes, fmt_delta, fmt_number, fmt_percent, loss_decimals
 from u1lib.report.plots import moving_average
-from u1lib.report.tables import fmt_bytes, fmt_delta, fmt_number, fmt_percent, loss_decimals, settings_tables
+from u1lib.report.tables import settings_tables
 
 REPO = Path(__file__).resolve().parents[3]
 PROMPT_SET = "demo"
@@ -134,8 +135,6 @@ def _write_trained(folder: Path, name: str, index: int) -> None:
             "peak_host_rss_bytes": 512 * 2**20,
             "final_train_loss": 0.05,
             "final_val_loss": best + 0.1,
-            "best_val_loss": best,
-            "best_val_step": best_step,
             "trainable_params": params,
             "adapter_bytes": 2 * 2**20,
             "device": "cpu",
@@ -530,3 +529,13 @@ def test_think_mode_thoughts_are_shown_once_per_prompt_and_escaped(tmp_path):
     assert page.count("&lt;b&gt;cat&lt;/b&gt; needs whiskers") == 1  # once per prompt, not per variant or seed
     assert "<b>cat</b>" not in page
     assert "Think mode" not in build(tmp_path / "plain", make_runs(tmp_path / "plain-runs"))
+
+
+def test_the_banner_says_what_the_embedded_models_samples_can_show():
+    from u1lib.report import tiny_banner
+
+    random = tiny_banner({"source": "tiny", "revision": "tiny-seed-3"})
+    pretrained = tiny_banner({"source": "tiny", "revision": "tiny-seed-0-pretrained"})
+    assert "random weights" in random and "noise" in random
+    assert "pretrained" in pretrained and "noise" not in pretrained
+    assert tiny_banner({"source": "hub", "revision": "0" * 40}) == ""

@@ -15,9 +15,9 @@ from u1lib.grid import apply_overrides, expand
 from u1lib.model.config import U1Config
 from u1lib.tiny import tiny_config_dict
 from u1lib.train import loop
+from u1lib.train.lineage import lineage_differences
 from u1lib.train.loop import train
 from u1lib.train.objectives import flow_loss, image_weights
-from u1lib.train.resume import lineage_differences
 from u1lib.train.settings import TrainSettings
 
 REPO = Path(__file__).resolve().parents[3]
@@ -185,7 +185,7 @@ def test_official_recipe_validates_and_builds_the_published_settings(base):
     variants = expand(config["grid"], config)
     assert [v.name for v in variants] == ["loss-v_t-logit_normal"]  # the base's grid cannot undo the recipe
     train_section = apply_overrides(config, variants[0].knobs)["train"]
-    s = TrainSettings.from_dict({**train_section, "upstream_lora": None})  # as the train rule passes it
+    s = TrainSettings.from_dict(train_section)  # as the train rule passes it
     published = {
         "loss_type": "v",
         "t_eps": 0.05,

@@ -1,0 +1,152 @@
+"""The work a run does between its steps, each on its own ``train.*_every`` schedule: validation,
+previews, the periodic and best adapters, checkpoints, the trackers and the progress lines.
+
+Validation runs on every rank (its sums are all-reduced); the rest writes files, so only the main
+rank does it. Each schedule includes the last step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from u1lib.data.reader import PackedDataset
+from u1lib.model.u1 import U1Model
+from u1lib.train import checkpoint as ckpt
+from u1lib.train.adapter_files import AdapterFiles
+from u1lib.train.distributed import Dist
+from u1lib.train.prefixes import PrefixSource
+from u1lib.train.previews import Previewer, PreviewSettings
+from u1lib.train.progress import TrainProgress
+from u1lib.train.run_folder import TRAIN_LOG, VAL_LOG, RunLogs
+from u1lib.train.settings import TrainSettings
+from u1lib.train.stop import StopRequest
+from u1lib.train.tracking import Trackers
+from u1lib.train.validation import Validator
+
+
+class RunMonitor:
+    """The loop's hooks: :meth:`start` once, :meth:`stepped` after each step, :meth:`finish` at the end."""
+
+    def __init__(
+        self,
+        s: TrainSettings,
+        run_dir: Path,
+        dist: Dist,
+        *,
+        model: U1Model,
+        autocast: Callable,
+        prefixes: PrefixSource,
+        val_data: PackedDataset,
+        t_eps: float,
+        device: torch.device,
+        logs: RunLogs,
+        progress: TrainProgress,
+        run_config: dict,
+        write_adapter: Callable[[Path, int], int],
+        capture: Callable[[], ckpt.TrainState],
+    ):
+        """``capture()`` is the run's full state for a checkpoint; ``write_adapter(path, step)`` saves
+        the adapter as it is now."""
+        self.s, self.dist, self.model, self.autocast = s, dist, model, autocast
+        self.logs, self.progress, self.capture = logs, progress, capture
+        self.checkpoints = run_dir / ckpt.FOLDER
+        self.validator = Validator(
+            val_data,
+            prefixes,
+            t_values=s.val_t,
+            seed=s.val_seed,
+            max_items=s.val_max_items,
+            t_eps=t_eps,
+            device=device,
+        )
+        self.adapters = AdapterFiles(run_dir, write_adapter, save_every=s.save_every)
+        self.previewer = Previewer(
+            PreviewSettings.from_dict(s.preview), val_data, prefixes, run_dir / "previews", device
+        )
+        main = dist.is_main  # the other ranks write no files
+        self.trackers = Trackers(
+            run_dir,
+            tensorboard=s.tensorboard and main,
+            wandb_project=s.wandb_project if main else None,
+            config=run_config,
+        )
+
+    def _due(self, every: int, step: int) -> bool:
+        """Every ``every`` steps (0: never), and the last step."""
+        return bool(every) and (step % every == 0 or step == self.s.steps)
+
+    def start(self, step: int, resumed: bool) -> None:
+        """Resumed at ``step``: the files past it go (the run redoes those steps) and the progress says
+        where it stands. From step 0: every file of an earlier trajectory goes, and the base model is
+        validated and previewed. Either way the trackers replay the history."""
+        if self.dist.is_main:
+            if resumed:
+                self.progress.resumed(step, f"{self.checkpoints} step {step}")
+                if self.logs.records[VAL_LOG]:
+                    self.progress.validated(self.logs.records[VAL_LOG][-1])
+                self.adapters.discard_after(step)
+            else:
+                self.logs.start_fresh()
+                self.adapters.start_fresh()
+            self.previewer.discard_after(step if resumed else -1)  # -1: every preview goes
+            self.trackers.open(step, self.logs.records, self.previewer.root)
+        if not resumed:
+            if self.s.val_every:
+                self.validate(step)
+            if self.s.preview_every:
+                self.preview(step)
+
+    def stepped(self, record: dict, stop: StopRequest) -> None:
+        """After the step of ``record``. A signal (``stop``, read as late as possible: it may come while
+        this runs) makes a checkpoint due now."""
+        s, step = self.s, record["step"]
+        self.logs.append(TRAIN_LOG, record)
+        if self.dist.is_main:
+            self.trackers.trained(record)
+            self.adapters.trained(step, step == s.steps)
+        if self._due(s.val_every, step):
+            self.validate(step)
+        if self._due(s.preview_every, step):
+            self.preview(step)
+        if self.dist.is_main and (step % s.log_every == 0 or step == s.steps or stop.signal_name):
+            self.progress.step(step, record["loss"])
+        if self._due(s.ckpt_every, step) or stop.signal_name:
+            self.checkpoint()
+
+    def validate(self, step: int) -> None:
+        self.model.eval()
+        record = {"step": step, **self.validator.run(self.model, self.dist, self.autocast)}
+        self.model.train()
+        self.logs.append(VAL_LOG, record)
+        self.progress.validated(record)
+        if self.dist.is_main:
+            self.trackers.validated(record)
+            self.adapters.validated(record, self.logs.records[VAL_LOG])
+
+    def preview(self, step: int) -> None:
+        if not self.dist.is_main:
+            return
+        self.model.eval()
+        images = self.previewer.run(self.model, step, self.autocast)
+        self.model.train()
+        self.trackers.previewed(step, images)
+
+    def checkpoint(self) -> None:
+        """Save the full state, then keep only the best adapters a kept checkpoint can still need."""
+        if not self.dist.is_main:
+            return
+        ckpt.save_checkpoint(self.checkpoints, self.capture(), keep=self.s.keep_checkpoints)
+        kept = [ckpt.checkpoint_step(p) for p in ckpt.list_checkpoints(self.checkpoints)]
+        self.adapters.prune(self.logs.records[VAL_LOG], kept)
+
+    def finish(self, final_adapter: Path) -> dict:
+        """``adapter_best.safetensors`` and the previews' index; returns metrics.json's ``best_adapter``."""
+        best = self.adapters.finish(self.logs.records[VAL_LOG], final_adapter)
+        self.previewer.write_summary()
+        return best
+
+    def close(self) -> None:
+        self.trackers.close()
