@@ -55,7 +55,7 @@ BAD_VALUES = [
     (TrainSettings, "keep_attention", 1, ["(int)", "true or false"]),
     (TrainSettings, "compile", "yes", ["(str)", "true or false"]),
     (TrainSettings, "lora", ["attn"], ["(list of 1)", "expected text"]),
-    (TrainSettings, "upstream_lora", "adapter.safetensors", ["(str)", "a mapping or null"]),
+    (TrainSettings, "upstream_lora", "adapter.safetensors", ["(str)", "expected a mapping"]),
     (SampleSettings, "seeds", 0, ["(int)", "a list of integers"]),
     (SampleSettings, "seeds", [0, 1.5], ["a list of integers"]),
     (SampleSettings, "cfg_interval", [0.0], ["(list of 1)", "exactly 2 numbers", "[0.0, 1.0]"]),

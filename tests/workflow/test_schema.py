@@ -42,6 +42,12 @@ def section_defaults(section: str) -> dict:
     return {name: sub.get("default") for name, sub in SCHEMA["properties"][section]["properties"].items()}
 
 
+def filled_default(section: str, key: str) -> dict:
+    """An object key's default as validation fills it: with its own keys' defaults."""
+    sub = SCHEMA["properties"][section]["properties"][key]
+    return {**{k: v.get("default") for k, v in sub["properties"].items()}, **sub["default"]}
+
+
 def normalised(value):
     return list(value) if isinstance(value, tuple) else value
 
@@ -78,6 +84,7 @@ def test_train_keys_and_defaults_match_the_engine():
         if f.name not in ("device", "extra")
     }  # device: runtime, chosen by the job
     schema = section_defaults("train")
+    schema["upstream_lora"] = filled_default("train", "upstream_lora")  # the engine takes the filled shape
     assert schema == engine
 
 
