@@ -52,7 +52,7 @@ def planned(function, *args, **kwargs):
         raise WorkflowError(
             problems_message(f"{err.what} ({', '.join(CONFIG_FILES)})", err.problems)
         ) from None
-    except (GridError, ValueError) as err:
+    except ValueError as err:  # GridError is one
         raise WorkflowError(str(err)) from None
 
 

@@ -95,10 +95,14 @@ def folder_fingerprint(folder: str | Path) -> str:
     """Names, sizes and mtimes of the files a manifest of ``folder`` would list (stat only, no reads):
     what the workflow compares to notice that a model folder of the user's changed.
     """
-    folder = Path(folder)
+    return stat_fingerprint(folder, listed_files(Path(folder)))
+
+
+def stat_fingerprint(folder: str | Path, names: list[str]) -> str:
+    """16 hex digits over the names, sizes and mtimes of ``names`` (relative to ``folder``, in order)."""
     digest = hashlib.sha256()
-    for rel in listed_files(folder):
-        stat = (folder / rel).stat()
+    for rel in names:
+        stat = (Path(folder) / rel).stat()
         digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 

@@ -23,7 +23,6 @@ what reads the model), and a changed or damaged file is refused.
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 from pathlib import Path
 
@@ -429,10 +428,9 @@ def cli(verb: str, argv: list[str]) -> int:
         parser.error(
             f"--pretrain builds the u1 weights from seed {PRETRAINED_SEED}: leave --variant, --seed, --weights out"
         )
-    # imported by name, not by an import statement: the snapshot depends on the weights file (its
-    # sha256 above), not on the training code that made it, so the builder's code hash leaves it out
-    pretraining = importlib.import_module("u1lib.tiny_pretrain")
-    record = pretraining.write_pretrained(args.pretrain, steps=args.steps)
+    from u1lib.tiny_pretrain import write_pretrained  # torch training code: only for a rebuild
+
+    record = write_pretrained(args.pretrain, steps=args.steps)
     print(
         f"{args.pretrain}: {record['bytes']} bytes, sha256 {record['sha256']}, {record['wall_s']} s; record that "
         "sha256 as PRETRAINED_SHA256 in u1lib/tiny.py"

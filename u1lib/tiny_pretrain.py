@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import platform
 import time
 from pathlib import Path
@@ -36,6 +35,8 @@ from u1lib.model.config import U1Config
 from u1lib.model.u1 import PrefixKV, U1Model
 from u1lib.tiny import random_weights, tiny_config_dict, train_tokenizer, vocab_size_of
 from u1lib.train.objectives import flow_loss
+from u1lib.train.optim import make_optimizer, set_lr
+from u1lib.train.settings import TrainSettings
 from u1lib.train.timesteps import sample_t
 
 log = logging.getLogger(__name__)
@@ -154,13 +155,6 @@ def _split_ids(encode, spec: PromptSpec) -> tuple[list[int], Callable[[str], lis
     return shared, suffix
 
 
-def _lr_factor(step: int, steps: int, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to 0: a short run still ends on small steps."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-
 def pretrain(
     *,
     steps: int = DEFAULT_STEPS,
@@ -190,13 +184,15 @@ def pretrain(
         model.load_state_dict(random_weights(cfg, seed), strict=True)
         model.train()
         params = list(model.parameters())
-        optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+        # the trainer's optimizer and schedule: linear warm-up, then cosine to 0 (short runs end on small steps)
+        schedule = TrainSettings(
+            steps=steps, lr=lr, warmup_steps=max(1, steps // 20), schedule="cosine", weight_decay=0.01
+        )
+        optimizer = make_optimizer(params, schedule, torch.device("cpu"))
         generator = torch.Generator("cpu").manual_seed(seed)
-        warmup = max(1, steps // 20)
         recent: list[tuple[float, float]] = []
         for step in range(steps):
-            for group in optimizer.param_groups:
-                group["lr"] = lr * _lr_factor(step, steps, warmup)
+            set_lr(optimizer, step, schedule)
             drawn = [shape_image(generator) for _ in range(batch_size)]
             images = torch.stack([image for image, _ in drawn])
             dropped = (torch.rand(batch_size, generator=generator) < cond_dropout).tolist()

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from u1lib.config_errors import config_problems, problems_message
 from u1lib.data.sources import IMAGE_SUFFIXES
 from u1lib.grid import BASE, Variant, apply_overrides
-from u1lib.snapshot import COMMIT_SHA, folder_fingerprint
+from u1lib.snapshot import COMMIT_SHA, folder_fingerprint, stat_fingerprint
 from u1lib.source_hash import code_hash
 from u1lib.token_size import resolve_buckets, sample_size_problems
 
@@ -54,6 +54,11 @@ STAGE_CODE = {
 # The snapshot check that stages reading the weights run (u1lib/snapshot.py) refuses files that
 # changed and never changes a result: an edit to it reruns no stage.
 NOT_RESULT_CODE = ["snapshot.py"]
+
+
+# The tiny model's pretraining code only rebuilds the packaged weights file, whose sha256 tiny.py
+# records: the model depends on that file, not on the code that once made it.
+TINY_BUILD_TOOLS = ["tiny_pretrain.py"]
 
 
 def stage_code_hashes() -> dict[str, str]:
@@ -111,7 +116,7 @@ def model_identity(model: dict, config_files: list[str]) -> dict:
             "tiny_variant": model["tiny_variant"],
             "tiny_seed": model["tiny_seed"],
             "tiny_weights": model["tiny_weights"],
-            "builder": code_hash(["tiny.py"]),
+            "builder": code_hash(["tiny.py"], exclude=TINY_BUILD_TOOLS),
         }
     if source == "hub":
         check_revision(model["repo_id"], model["revision"], config_files)
@@ -178,12 +183,7 @@ def dataset_fingerprint(source: str) -> str | None:
     """
     if source == "demo" or not Path(source).is_dir():
         return None
-    digest = hashlib.sha256()
-    for entry in sorted(os.scandir(source), key=lambda entry: entry.name):
-        if entry.is_file():
-            stat = entry.stat()
-            digest.update(f"{entry.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
+    return stat_fingerprint(source, sorted(entry.name for entry in os.scandir(source) if entry.is_file()))
 
 
 def pack_settings(dataset: dict, *, static: int | None, known: int | None, origin: str) -> dict:
