@@ -6,14 +6,16 @@ import json
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from tests.conftest import CONFIG_8B
 from u1lib.bench import cli
-from u1lib.bench.flops import gen_forward_flops, prefix_flops, train_flops
+from u1lib.bench.flops import gen_forward_flops, lora_flops_per_token, prefix_flops, train_flops
 from u1lib.bench.measure import Measure
 from u1lib.lora.adapter import make_trainable
 from u1lib.lora.spec import TrainableSurface
 from u1lib.model.config import U1Config
+from u1lib.model.heads import PixelHead
 from u1lib.model.loading import meta_model
 
 
@@ -28,6 +30,65 @@ def test_8b_flops_by_hand():
     assert step["executed"] - step["useful"] == pytest.approx(f["linear"] + f["attention"] + f["lora"], rel=1e-9)
     assert 170e12 < step["useful"] < 185e12  # ~176 TFLOP: the 2048^2 floor is ~0.22 s at 800 TFLOP/s
     assert prefix_flops(cfg, 300) == 2 * per_layer * 42 * 300 + 2 * 300 * 300 * 128 * 32 * 42
+
+
+TINY = dict(hidden_size=16, intermediate_size=48, num_attention_heads=2, num_key_value_heads=1, head_dim=8)
+
+
+def test_moe_flops_by_hand():
+    """Und: 4 experts, top-2, width 6, layer 1 dense; gen: 6 experts, top-3, width 10, every layer."""
+    cfg = U1Config(
+        **TINY,
+        num_hidden_layers=3,
+        vocab_size=32,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=6,
+        gen_num_experts=6,
+        gen_num_experts_per_tok=3,
+        gen_moe_intermediate_size=10,
+        mlp_only_layers=(1,),
+        vision_hidden_size=8,
+        patch_size=2,
+        merge_size=2,
+        fm_head_hidden_size=12,
+    )
+    attn = 16 * 8 * (2 * 2 + 2 * 1)  # q, o: 16 x 16; k, v: 16 x 8
+    gen_mlp = 16 * 6 + 3 * 3 * 16 * 10  # router + 3 of the 6 experts
+    und_sparse, und_dense = 16 * 4 + 2 * 3 * 16 * 6, 3 * 16 * 48
+    f = gen_forward_flops(cfg, 10, [5, 7], "gen_moe_mlp=r2;gen_moe_router=r2")
+    assert f["linear"] == 2 * 3 * (attn + gen_mlp) * 10 * 2 == 276_480
+    assert f["attention"] == 4 * 10 * (15 + 17) * 8 * 2 * 3
+    per_expert = 3 * 2 * 2 * (16 + 10)  # gate, up (16 -> 10), down (10 -> 16) at rank 2
+    router = 2 * 2 * (16 + 6)
+    assert f["lora"] == 3 * (3 * per_expert + router) * 10 * 2 == 61_440  # 3 experts per token
+    embed = 2 * 4 * (3 * 2 * 2) * 8 + 2 * (8 * 4) * 16
+    assert f["fm"] == (embed + 2 * (16 * 12 + 12 * 48)) * 10 * 2 == 66_560
+    assert lora_flops_per_token(cfg, "layers.0.mlp_mot_gen.experts.1.down_proj=r2") == 2 * 2 * 26 * 3 // 6 == 52
+    und = 3 * attn + 2 * und_sparse + und_dense
+    assert prefix_flops(cfg, 9) == 2 * und * 9 + 4 * 9 * 9 * 8 * 2 * 3 // 2 == 113_760
+
+
+def test_pixel_head_flops_by_hand():
+    """U1.5's head at hidden 16, width 8, 8 px tokens: conv1 4 -> 8 channels, conv2 2 -> 12, both 3x3."""
+    cfg = U1Config(
+        **TINY,
+        num_hidden_layers=1,
+        vocab_size=32,
+        vision_hidden_size=8,
+        patch_size=4,
+        merge_size=2,
+        use_pixel_head=True,
+        pixel_head_width=8,
+    )
+    conv1 = 2 * 2 * (2 * 9 * 4 * 8)  # 2 x 2 outputs per token, 2 FLOP x 9 taps x 4 in x 8 out channels
+    conv2 = 4 * 4 * (2 * 9 * 2 * 12)  # 4 x 4 outputs per token, 2 x 9 taps x 2 in x 12 out channels
+    embed = 2 * 4 * (3 * 4 * 4) * 8 + 2 * (8 * 4) * 16
+    assert conv1 + conv2 == 9216
+    assert gen_forward_flops(cfg, 6, [3])["fm"] == (embed + conv1 + conv2) * 6 == 79_872
+    with FlopCounterMode(display=False) as counter:  # the module itself on a 2 x 3 token grid
+        PixelHead(cfg)(torch.randn(1, 6, 16), 2, 3)
+    assert counter.get_total_flops() == (conv1 + conv2) * 6
 
 
 def test_default_surface_is_the_peers_286m():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -12,27 +13,23 @@ from u1lib.model.config import ConfigError, U1Config
 from u1lib.model.keys import group_counts, parameter_shapes
 from u1lib.model.loading import meta_model
 
+A3B_CONFIG = Path(__file__).parents[3] / "u1lib" / "model" / "a3b_config.json"
+
 
 @pytest.fixture(scope="module")
-def a3b_config(tmp_path_factory) -> U1Config:
-    """docs/MODEL.md section 9: hidden 2048, 48 layers, 32/4 heads, 128 und experts and 32 gen experts of width 768."""
-    raw = json.loads(CONFIG_8B.read_text())
-    raw["llm_config"].update(
-        hidden_size=2048,
-        num_hidden_layers=48,
-        num_attention_heads=32,
-        num_key_value_heads=4,
-        num_experts=128,
-        num_experts_per_tok=8,
-        moe_intermediate_size=768,
-        gen_num_experts=32,
-        gen_moe_intermediate_size=768,
-        rope_theta=1e7,
+def a3b_config() -> U1Config:
+    """The shipped A3B shapes (bench --config, no download), as docs/MODEL.md section 9 gives them:
+    hidden 2048, 48 layers, 32/4 heads, 128 und experts and 32 gen experts of width 768, top-8."""
+    cfg = U1Config.from_file(A3B_CONFIG)
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads) == (
+        2048,
+        48,
+        32,
+        4,
     )
-    raw["vision_config"]["llm_hidden_size"] = 2048
-    path = tmp_path_factory.mktemp("a3b") / "config.json"
-    path.write_text(json.dumps(raw))
-    return U1Config.from_file(path)
+    assert (cfg.num_experts, cfg.num_experts_per_tok, cfg.moe_intermediate_size) == (128, 8, 768)
+    assert (cfg.gen_num_experts, cfg.gen_num_experts_per_tok, cfg.gen_moe_intermediate_size) == (32, 8, 768)
+    return cfg
 
 
 def test_expert_keys_and_shapes(a3b_config):
