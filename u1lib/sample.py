@@ -77,12 +77,19 @@ class Sampler:
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
         groups = ["und", "embed", "gen", "fm"] + (["lm_head"] if settings.think_budget is not None else [])
+        started = time.perf_counter()
         self.model: U1Model = load_model(snapshot_dir, groups, device=self.device, dtype=self.dtype)
         bake_upstream_lora(self.model, settings.upstream_lora)
+        loaded = time.perf_counter()
         if settings.compile:
             self.model.compile_layers()
         self.encoder = PrefixEncoder(self.model, load_tokenizer(snapshot_dir), prompt_spec, self.device)
         self.uncond = self.encoder.uncond()
+        progress.info(
+            "model loaded in %.1f s; tokenizer and unconditional prefix in %.1f s",
+            loaded - started,
+            time.perf_counter() - loaded,
+        )
         self._prefixes: dict[str, PrefixKV] = {}
         self.thoughts: dict[str, dict] = {}  # prompt -> {"text", "stop", "tokens"} in think mode
         self._progress: _Progress | None = None

@@ -34,6 +34,7 @@ from u1lib.train.metrics import THistogram
 from u1lib.train.monitor import RunMonitor
 from u1lib.train.objectives import flow_loss, image_weights
 from u1lib.train.optim import WeightEma, make_optimizer, set_lr
+from u1lib.train.phases import JobClock
 from u1lib.train.prefetch import BatchPrefetcher
 from u1lib.train.prefixes import open_prefixes
 from u1lib.train.progress import TrainProgress
@@ -66,13 +67,15 @@ class Trainer:
         prompt=None,
         on_incompatible: str = "refuse",
     ):
+        self.clock = JobClock()
         self.s, self.run_dir, self.on_incompatible = s, Path(run_dir), on_incompatible
         self.checkpoints = self.run_dir / ckpt.FOLDER
         self.run_config = {"train": s.to_dict(), "prompt": prompt or {}}
         self._join_ranks()
         snapshot_dir = require_verified(manifest_path, snapshot_dir)  # a snapshot that changed is refused
         cache = self._open_inputs(manifest_path, train_parquet, val_parquet, cache_dir)
-        self._load_model(snapshot_dir)
+        with self.clock.phase("load"):
+            self._load_model(snapshot_dir)
         self._make_trainable()
         self.optimizer = make_optimizer(list(self.trainable.values()), s, self.device)
         self.ema = WeightEma(self.trainable, s.ema)
@@ -165,6 +168,7 @@ class Trainer:
             run_config=self.run_config,
             write_adapter=self._write_adapter,
             capture=lambda: state.capture(self),
+            clock=self.clock,
         )
 
     def autocast(self):
@@ -276,8 +280,12 @@ class Trainer:
             state.restore(self, saved)
         self.monitor.start(self.step, resumed=saved is not None)
         with stop_on_signals(enabled=not self.dist.active) as stop:
+            first = True  # the first step after (re)starting compiles: its time is kept apart
             while self.step < s.steps:
-                self.monitor.stepped(self.train_step(), stop)
+                with self.clock.phase("first_step" if first else "steps"):
+                    record = self.train_step()
+                first = False
+                self.monitor.stepped(record, stop)
                 if stop.signal_name:
                     raise TrainingInterrupted(
                         f"{stop.signal_name}: stopped at step {self.step} of {s.steps} with a checkpoint in "
@@ -289,10 +297,11 @@ class Trainer:
     def save(self) -> dict:
         if not self.dist.is_main:
             return {}
-        self.ema.copy_to(self.trainable)  # the EMA weights are the deliverable when EMA is on
-        adapter_path = self.run_dir / "adapter.safetensors"
-        adapter_bytes = self._write_adapter(adapter_path, self.step)
-        best = self.monitor.finish(adapter_path)
+        with self.clock.phase("save"):
+            self.ema.copy_to(self.trainable)  # the EMA weights are the deliverable when EMA is on
+            adapter_path = self.run_dir / "adapter.safetensors"
+            adapter_bytes = self._write_adapter(adapter_path, self.step)
+            best = self.monitor.finish(adapter_path)
         metrics = run_metrics(self, adapter_bytes=adapter_bytes, best_adapter=best)
         write_json(self.run_dir / "metrics.json", metrics)
         write_json(self.run_dir / "config.json", self.run_config)

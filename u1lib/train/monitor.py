@@ -17,6 +17,7 @@ from u1lib.model.u1 import U1Model
 from u1lib.train import checkpoint as ckpt
 from u1lib.train.adapter_files import AdapterFiles
 from u1lib.train.distributed import Dist
+from u1lib.train.phases import JobClock
 from u1lib.train.prefixes import PrefixSource
 from u1lib.train.previews import Previewer, PreviewSettings
 from u1lib.train.progress import TrainProgress
@@ -47,10 +48,11 @@ class RunMonitor:
         run_config: dict,
         write_adapter: Callable[[Path, int], int],
         capture: Callable[[], ckpt.TrainState],
+        clock: JobClock,
     ):
         """``capture()`` is the run's full state for a checkpoint; ``write_adapter(path, step)`` saves
-        the adapter as it is now."""
-        self.s, self.dist, self.model, self.autocast = s, dist, model, autocast
+        the adapter as it is now; ``clock`` receives the time of each kind of work."""
+        self.s, self.dist, self.model, self.autocast, self.clock = s, dist, model, autocast, clock
         self.logs, self.progress, self.capture = logs, progress, capture
         self.checkpoints = run_dir / ckpt.FOLDER
         self.validator = Validator(
@@ -106,7 +108,8 @@ class RunMonitor:
         self.logs.append(TRAIN_LOG, record)
         if self.dist.is_main:
             self.trackers.trained(record)
-            self.adapters.trained(step, step == s.steps)
+            with self.clock.phase("adapters"):
+                self.adapters.trained(step, step == s.steps)
         if self._due(s.val_every, step):
             self.validate(step)
         if self._due(s.preview_every, step):
@@ -118,7 +121,8 @@ class RunMonitor:
 
     def validate(self, step: int) -> None:
         self.model.eval()
-        record = {"step": step, **self.validator.run(self.model, self.dist, self.autocast)}
+        with self.clock.phase("validation"):
+            record = {"step": step, **self.validator.run(self.model, self.dist, self.autocast)}
         self.model.train()
         self.logs.append(VAL_LOG, record)
         self.progress.validated(record)
@@ -130,7 +134,8 @@ class RunMonitor:
         if not self.dist.is_main:
             return
         self.model.eval()
-        images = self.previewer.run(self.model, step, self.autocast)
+        with self.clock.phase("previews"):
+            images = self.previewer.run(self.model, step, self.autocast)
         self.model.train()
         self.trackers.previewed(step, images)
 
@@ -138,7 +143,8 @@ class RunMonitor:
         """Save the full state, then keep only the best adapters a kept checkpoint can still need."""
         if not self.dist.is_main:
             return
-        ckpt.save_checkpoint(self.checkpoints, self.capture(), keep=self.s.keep_checkpoints)
+        with self.clock.phase("checkpoints"):
+            ckpt.save_checkpoint(self.checkpoints, self.capture(), keep=self.s.keep_checkpoints)
         kept = [ckpt.checkpoint_step(p) for p in ckpt.list_checkpoints(self.checkpoints)]
         self.adapters.prune(self.logs.records[VAL_LOG], kept)
 

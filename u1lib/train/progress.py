@@ -58,3 +58,5 @@ class TrainProgress:
             val,
             adapter,
         )
+        phases = ", ".join(f"{k} {v:.1f} s" for k, v in metrics["job_seconds"].items() if k != "total")
+        log.info("job %.1f s: %s", metrics["job_seconds"]["total"], phases)

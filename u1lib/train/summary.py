@@ -21,6 +21,7 @@ def run_metrics(t: "Trainer", *, adapter_bytes: int, best_adapter: dict) -> dict
         "steps": t.step,
         "images_seen": t.images_seen,
         "wall_time_s": t.train_seconds,
+        "job_seconds": t.clock.summary(),
         "s_per_step": t.train_seconds / len(train_log) if train_log else None,
         "images_per_s": t.images_seen / t.train_seconds if t.train_seconds else None,
         "peak_gpu_mem_bytes": peak_gpu_bytes(t.device),

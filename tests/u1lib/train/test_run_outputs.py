@@ -99,6 +99,17 @@ def test_periodic_and_best_adapters(straight):
     assert final.keys() == periodic.keys() and all((final[k] == periodic[k]).all() for k in final)
 
 
+def test_metrics_say_where_the_job_time_went(straight):
+    _, metrics = straight
+    seconds = metrics["job_seconds"]
+    phases = {"load", "first_step", "steps", "validation", "previews", "adapters", "checkpoints", "save", "other"}
+    assert set(seconds) == {"total"} | phases
+    assert all(v >= 0 for v in seconds.values())
+    assert sum(seconds[k] for k in phases) == pytest.approx(seconds["total"], abs=0.1)
+    # the step phases hold exactly the step times that the training time sums
+    assert seconds["first_step"] + seconds["steps"] == pytest.approx(metrics["wall_time_s"], abs=0.02)
+
+
 def test_tensorboard_events_hold_the_run(straight):
     run_dir, _ = straight
     events = _events(run_dir)
