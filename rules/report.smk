@@ -18,7 +18,47 @@ rule report:
         manifest=ancient(rules.snapshot.output.manifest.format(model=MODEL)),
         identity=rules.model_identity.output.identity.format(model=MODEL),
     output:
-        html="results/report.html",
+        html=report(
+            "results/report.html",
+            caption="captions/report.rst",
+            category="1. Report",
+        ),
+        # the page's parts as files, for `snakemake --report` (u1lib/report/artifacts.py)
+        tables=report(
+            directory("results/report_files/tables"),
+            patterns=["{table}.tsv"],
+            caption="captions/tables.rst",
+            category="2. Tables",
+            labels={"table": "{table}"},
+        ),
+        figures=report(
+            directory("results/report_files/figures"),
+            patterns=["{figure}.png"],
+            caption="captions/figures.rst",
+            category="3. Figures",
+            labels={"figure": "{figure}"},
+        ),
+        samples=report(
+            directory("results/report_files/samples"),
+            patterns=["{variant}/{prompt}_seed{seed}.png"],
+            caption="captions/samples.rst",
+            category="4. Samples",
+            subcategory="{variant}",
+            labels={"variant": "{variant}", "prompt": "{prompt}", "seed": "{seed}"},
+        ),
+        previews=report(
+            directory("results/report_files/previews"),
+            patterns=["{variant}/step-{step}/{prompt}_seed{seed}.png"],
+            caption="captions/previews.rst",
+            category="5. Previews",
+            subcategory="{variant}",
+            labels={
+                "variant": "{variant}",
+                "step": "{step}",
+                "prompt": "{prompt}",
+                "seed": "{seed}",
+            },
+        ),
     log:
         "results/logs/report.log",
     conda:

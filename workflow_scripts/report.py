@@ -30,4 +30,5 @@ build_report(
     prompt_set=snakemake.params.prompt_set,
     benchmarks_dir=Path(snakemake.params.benchmarks),
     logs_dir=Path(snakemake.params.logs),
+    artifacts_dir=Path(snakemake.output.tables).parent,
 )

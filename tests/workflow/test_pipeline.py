@@ -1,6 +1,7 @@
 """End-to-end runs of the real stages on the tiny model (marked integration: tens of seconds)."""
 
 import json
+import zipfile
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -52,6 +53,25 @@ def test_whole_tiny_pipeline_then_a_sampler_change(workflow):
         source = read_lora_file(run / "adapter.safetensors")
         assert read_lora_file(run / "export/lora_upstream.safetensors").triples.keys() == source.triples.keys()
         assert read_peft(run / "export/peft").keys() == source.triples.keys()
+
+    # Snakemake's own report collects the same parts, from the outputs the report rule declares
+    workflow.snakemake("--report", "results/snakemake_report.zip", "--configfile", short)
+    with zipfile.ZipFile(results / "snakemake_report.zip") as archive:
+        names = archive.namelist()
+        page = next(archive.read(n).decode() for n in names if n.count("/") == 1 and n.endswith("/report.html"))
+    for name in (  # each file under its declared folder, as Snakemake stores them
+        "/leaderboard.tsv",
+        "/validation_loss.png",
+        "/base/cat_seed0.png",
+        "/loss-v/cat_seed0.png",
+        "/loss-x0/step-00000000/ihc_seed0.png",  # named by the held-out caption id
+        "/loss-x0/step-00000020/ihc_seed0.png",
+        "/report.html",
+    ):
+        assert any("/data/raw/" in n and n.endswith(name) for n in names), (name, names)
+    categories = json.loads(page.split("var categories = ", 1)[1].split(";\n", 1)[0])
+    assert sorted(categories) == ["1. Report", "2. Tables", "3. Figures", "4. Samples", "5. Previews"]
+    assert sorted(categories["4. Samples"]) == ["base", "loss-v", "loss-x0"]
 
     config["sample"]["cfg_scale"] = 2.0
     changed = workflow.write_config("cfg.yaml", config)

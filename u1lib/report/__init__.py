@@ -24,6 +24,7 @@ from pathlib import Path
 
 from u1lib.io import read_json, write_text
 from u1lib.report import html, plots, ranking, sections, tables
+from u1lib.report.artifacts import write_artifacts
 from u1lib.report.collect import read_run
 from u1lib.report.colors import BASE_COLOR, variant_styles
 
@@ -93,12 +94,15 @@ def build_report(
     prompt_set: str,
     benchmarks_dir: Path | None = None,
     logs_dir: Path | None = None,
+    artifacts_dir: Path | None = None,
 ) -> None:
     """Write the report for ``run_dirs`` (variant -> run folder) to ``out_html``, atomically.
 
     ``benchmarks_dir`` holds Snakemake's ``{variant}.tsv`` train benchmarks (job wall time) and
     ``logs_dir`` the ``{variant}.log`` job logs; either may be left out. Links are relative to
     ``out_html``'s folder, so the results folder can be moved or served as a whole.
+    ``artifacts_dir``, when given, also receives the page's figures, tables and images as files
+    (report/artifacts.py).
     """
     base, knobs, labels = _parse_variants(variants)
     _check_provenance(provenance)
@@ -129,19 +133,22 @@ def build_report(
     effects = ranking.axis_effects(standings, knobs)
     definition = ranking.validation_description(trained, notes)
 
-    leaderboard_part = sections.leaderboard_section(standings, base_value, knobs, labels, styles, effects, definition)
-    curves_part = html.section(
-        "curves",
-        "Curves",
-        html.figures(
-            {
-                "validation loss": plots.validation_loss(trained, styles, base_value),
-                "validation loss per t": plots.per_t_relative(trained, {s.name: s for s in standings}, styles),
-                "training loss (x0-MSE)": plots.training_loss(trained, styles),
-                "sampled training t": plots.t_densities(trained, styles),
-            }
-        ),
+    dots = plots.best_validation(standings, base_value, styles)
+    curves = {
+        "validation loss": plots.validation_loss(trained, styles, base_value),
+        "validation loss per t": plots.per_t_relative(trained, {s.name: s for s in standings}, styles),
+        "training loss (x0-MSE)": plots.training_loss(trained, styles),
+        "sampled training t": plots.t_densities(trained, styles),
+    }
+    table_parts = {
+        "leaderboard": tables.leaderboard_table(standings, base_value, knobs, labels, styles),
+        "axis effects": tables.effects_table(effects) if effects else None,
+        "runs": tables.runs_table(trained, page_dir, styles),
+    }
+    leaderboard_part = sections.leaderboard_section(
+        table_parts["leaderboard"], table_parts["axis effects"], dots, definition
     )
+    curves_part = html.section("curves", "Curves", html.figures(curves))
     ranks = {s.name: f"#{position} {s.name}" for position, s in enumerate(standings, 1) if s.best is not None}
     row_labels = {**{run.name: f"{run.name} (untrained)" for run in runs if not run.trained}, **ranks}
     previews_part = sections.previews_section(shown, page_dir, colors, row_labels, notes)
@@ -163,7 +170,7 @@ def build_report(
             "steps: compilation and autotuning). Training time: the sum of step times (metrics.json wall_time_s); "
             "job wall time: the whole Snakemake job (its benchmark file), with loading and validation."
         ),
-        html.table(tables.runs_table(trained, page_dir, styles), "runs"),
+        html.table(table_parts["runs"], "runs"),
     )
     provenance_part = html.section(
         "provenance", "Provenance", html.table(tables.provenance_table(provenance), "provenance")
@@ -194,6 +201,13 @@ def build_report(
         provenance_part,
     )
     write_text(out_html, page)
+    if artifacts_dir is not None:
+        write_artifacts(
+            Path(artifacts_dir),
+            figures={sections.BEST_VALIDATION_FIGURE: dots, **curves},
+            tables={name: table for name, table in table_parts.items() if table is not None},
+            runs=shown,
+        )
 
 
 def cli(verb: str, argv: list[str]) -> int:
@@ -205,6 +219,7 @@ def cli(verb: str, argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, required=True, help="HTML file to write")
     parser.add_argument("--benchmarks", type=Path, help="folder of Snakemake train benchmarks, {variant}.tsv")
     parser.add_argument("--logs", type=Path, help="folder of the train jobs' logs, {variant}.log")
+    parser.add_argument("--files", type=Path, help="also write the figures, tables and images as files here")
     args = parser.parse_args(argv)
     try:
         variants = read_json(args.variants)
@@ -218,6 +233,7 @@ def cli(verb: str, argv: list[str]) -> int:
             prompt_set=args.prompt_set,
             benchmarks_dir=args.benchmarks,
             logs_dir=args.logs,
+            artifacts_dir=args.files,
         )
     except (ValueError, FileNotFoundError) as err:
         print(f"u1lib {verb}: {err}", file=sys.stderr)

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from u1lib.report import formats, html, plots, tables
+from u1lib.report import formats, html, tables
 from u1lib.report.collect import Run, sample_rows
 from u1lib.report.ranking import Standing
 from u1lib.report.sheets import contact_grid, preview_grids
+from u1lib.report.tables import Table
+
+BEST_VALIDATION_FIGURE = "best validation loss per variant"
 
 
 def verdict(standings: list[Standing], base: float | None, effects: dict, labels: dict[str, str]) -> str:
@@ -42,10 +45,9 @@ def verdict(standings: list[Standing], base: float | None, effects: dict, labels
     return html.rich(parts, "verdict")
 
 
-def leaderboard_section(standings, base_value, knobs, labels, styles, effects, definition: str) -> str:
+def leaderboard_section(leaderboard: Table, effects: Table | None, dots: bytes | None, definition: str) -> str:
     """What the loss is, the ranked table, the same as dots on one axis, then each axis value's effect."""
-    dots = plots.best_validation(standings, base_value, styles)
-    if effects:
+    if effects is not None:
         effect_part = (
             html.heading("Average effect of each grid axis value")
             + html.paragraph(
@@ -53,7 +55,7 @@ def leaderboard_section(standings, base_value, knobs, labels, styles, effects, d
                 "over all variants that set the axis (negative: the value helps). On a full grid this averages "
                 "over the other axes; highlighted: the best value of each axis."
             )
-            + html.table(tables.effects_table(effects))
+            + html.table(effects)
         )
     else:
         effect_part = html.paragraph("No grid axis has two values with a validation loss yet.", "empty")
@@ -67,8 +69,8 @@ def leaderboard_section(standings, base_value, knobs, labels, styles, effects, d
             "adapter.safetensors holds the last step's weights (its loss: 'last validation'); "
             "adapter_best.safetensors those of the best validation step after step 0 (runs table, files)."
         ),
-        html.table(tables.leaderboard_table(standings, base_value, knobs, labels, styles), "leaderboard"),
-        html.figures({"best validation loss per variant": dots}),
+        html.table(leaderboard, "leaderboard"),
+        html.figures({BEST_VALIDATION_FIGURE: dots}),
         effect_part,
     )
 

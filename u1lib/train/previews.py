@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from u1lib.data.reader import PackedDataset, image_png
-from u1lib.io import read_json, write_bytes, write_json
+from u1lib.io import atomic_folder, read_json, write_bytes, write_json
 from u1lib.model.sampling import CFG_NORMS, SAMPLER_T_EPS, euler_sample, initial_noise
 from u1lib.model.u1 import U1Model
 from u1lib.prefix import UNCOND_ID
@@ -137,17 +136,10 @@ class Previewer:
         return out
 
     def _write_step(self, step: int, images: list[tuple[dict, bytes]]) -> None:
-        final = step_folder(self.root, step)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=self.root))
-        try:
+        with atomic_folder(step_folder(self.root, step)) as tmp:
             for record, png in images:
                 write_bytes(tmp / record["file"], png)
             write_json(tmp / INDEX, {"step": step, "images": [record for record, _ in images]})
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     def write_summary(self) -> Path:
         """``previews/index.json``: every preview step's folder, the references and the settings."""

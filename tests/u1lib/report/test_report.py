@@ -129,6 +129,7 @@ def _write_trained(folder: Path, name: str, index: int) -> None:
             "steps": 20,
             "images_seen": 40,
             "wall_time_s": 5.0,
+            "job_seconds": {"total": 41.0, "load": 3.0, "first_step": 30.0, "steps": 5.0, "other": 3.0},
             "s_per_step": 0.25,
             "images_per_s": 8.0,
             "peak_gpu_mem_bytes": 3 * 2**30,
@@ -345,7 +346,14 @@ def test_runs_table_numbers(built):
     runs = section(page, "runs")
     for params, _, _ in NUMBERS.values():
         assert f"{params:,}" in runs
-    for text in ("3.0 GiB", "512.0 MiB", "2.0 MiB", "5 s", "4 of 40 (10.0%)"):
+    for text in (
+        "3.0 GiB",
+        "512.0 MiB",
+        "2.0 MiB",
+        "5 s",
+        "4 of 40 (10.0%)",
+        "first step 30 s, steps 5 s, other 3 s, load 3 s",
+    ):
         assert text in runs
     best_cells = re.findall(r'<td class="num best">([^<]*)</td>', page)
     assert best_cells == ["0.250 (step 10)"]

@@ -1,0 +1,59 @@
+"""The report's parts as files (what ``snakemake --report`` collects): figures, tables, samples, previews."""
+
+from __future__ import annotations
+
+import csv
+
+from PIL import Image
+from test_report import PROMPT_SET, PROVENANCE, make_grid, section
+
+from u1lib.report import build_report
+
+
+def test_figures_tables_and_images_as_files(tmp_path):
+    run_dirs, variants = make_grid(tmp_path / "runs", 4, steps=40)
+    files = tmp_path / "report_files"
+    build_report(
+        run_dirs,
+        tmp_path / "report.html",
+        variants=variants,
+        provenance=PROVENANCE,
+        prompt_set=PROMPT_SET,
+        artifacts_dir=files,
+    )
+    assert sorted(p.name for p in files.iterdir()) == ["figures", "previews", "samples", "tables"]
+    figures = sorted(p.name for p in (files / "figures").iterdir())
+    assert figures == [
+        "best_validation_loss_per_variant.png",
+        "sampled_training_t.png",
+        "training_loss_x0_mse.png",
+        "validation_loss.png",
+        "validation_loss_per_t.png",
+    ]
+    assert all(Image.open(files / "figures" / name).format == "PNG" for name in figures)
+    with open(files / "tables" / "leaderboard.tsv", newline="") as handle:
+        rows = list(csv.reader(handle, delimiter="\t"))
+    board = section((tmp_path / "report.html").read_text(), "leaderboard")
+    ranked = [row[1] for row in rows[1:] if row[1] in variants["variants"]]
+    assert sorted(ranked) == sorted(variants["variants"])
+    assert ranked == sorted(ranked, key=lambda name: board.index(f"{name}</td>"))  # the page's order
+    assert {p.name for p in (files / "tables").iterdir()} == {"leaderboard.tsv", "axis_effects.tsv", "runs.tsv"}
+    for name, folder in run_dirs.items():
+        samples = sorted(p.name for p in (files / "samples" / name).iterdir())
+        assert samples == sorted(p.name for p in (folder / "samples" / PROMPT_SET).glob("*.png"))
+        assert (files / "samples" / name / samples[0]).read_bytes() == (
+            folder / "samples" / PROMPT_SET / samples[0]
+        ).read_bytes()
+    first = next(iter(variants["variants"]))
+    steps = sorted(p.name for p in (files / "previews" / first).iterdir())
+    assert steps == sorted(p.name for p in (run_dirs[first] / "previews").glob("step-*")) and len(steps) > 1
+
+
+def test_a_rebuild_replaces_the_files_of_a_variant_that_left(tmp_path):
+    run_dirs, variants = make_grid(tmp_path / "runs", 2, steps=40)
+    files, options = tmp_path / "files", {"provenance": PROVENANCE, "prompt_set": PROMPT_SET}
+    build_report(run_dirs, tmp_path / "r.html", variants=variants, artifacts_dir=files, **options)
+    gone = list(variants["variants"])[1]
+    del variants["variants"][gone], run_dirs[gone]
+    build_report(run_dirs, tmp_path / "r.html", variants=variants, artifacts_dir=files, **options)
+    assert not (files / "samples" / gone).exists() and not (files / "previews" / gone).exists()
