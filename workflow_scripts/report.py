@@ -11,7 +11,6 @@ from u1lib.provenance import versions  # noqa: E402
 from u1lib.report import build_report  # noqa: E402
 
 run_dirs = {name: Path(folder) for name, folder in snakemake.params.run_dirs.items()}
-devices = sorted({read_json(d / "metrics.json")["device"] for d in run_dirs.values() if (d / "metrics.json").exists()})
 manifest = read_json(snakemake.input.manifest)
 provenance = {
     "git_commit": snakemake.params.git_commit,
@@ -20,7 +19,6 @@ provenance = {
         **{key: manifest.get(key) for key in ("source", "repo_id", "revision", "manifest_hash")},
     },
     "versions": versions(),
-    "device": ", ".join(devices) or None,
 }
 build_report(
     run_dirs,

@@ -56,7 +56,7 @@ def _parse_variants(variants: dict) -> tuple[str, dict[str, dict], dict[str, str
 
 def _check_provenance(provenance: dict) -> None:
     if not isinstance(provenance, dict):
-        raise ValueError("provenance: expected an object {git_commit, model, versions, device}")
+        raise ValueError("provenance: expected an object {git_commit, model, versions}")
     for key in ("model", "versions"):
         if not isinstance(provenance.get(key) or {}, dict):
             raise ValueError(f"provenance: '{key}' must be an object, got {provenance[key]!r}")
@@ -173,7 +173,7 @@ def build_report(
         html.table(table_parts["runs"], "runs"),
     )
     provenance_part = html.section(
-        "provenance", "Provenance", html.table(tables.provenance_table(provenance), "provenance")
+        "provenance", "Provenance", html.table(tables.provenance_table(provenance, trained), "provenance")
     )
     page = html.page(
         "LoRA ablation report",

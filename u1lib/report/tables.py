@@ -253,8 +253,10 @@ def _comparable(value) -> str:
     return "\0absent" if value is _ABSENT else json.dumps(value, sort_keys=True)
 
 
-def provenance_table(provenance: dict) -> Table:
+def provenance_table(provenance: dict, runs: list[Run]) -> Table:
+    """What made the runs: code, model, versions, and the devices the runs' metrics.json name."""
     model = provenance.get("model") or {}
+    devices = sorted({str(r.metrics["device"]) for r in runs if r.metrics.get("device")})
     rows = [
         ["git commit", provenance.get("git_commit")],
         ["model", model.get("name")],
@@ -262,7 +264,7 @@ def provenance_table(provenance: dict) -> Table:
         ["repo id", model.get("repo_id")],
         ["model revision", model.get("revision")],
         ["manifest hash", model.get("manifest_hash")],
-        ["device", provenance.get("device")],
+        ["device", ", ".join(devices)],
     ]
     rows += [[f"version: {name}", value] for name, value in sorted((provenance.get("versions") or {}).items())]
     return Table(["", ""], [[key, MISSING if value in (None, "") else str(value)] for key, value in rows])

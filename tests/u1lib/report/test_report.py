@@ -43,7 +43,6 @@ PROVENANCE = {
     "git_commit": "abc123def",
     "model": {"name": "tiny", "source": "tiny", "repo_id": "", "revision": "tiny-seed-0", "manifest_hash": "f00dcafe"},
     "versions": {"python": "3.11.9", "torch": "2.13.0"},
-    "device": "cpu",
 }
 BASE_VAL = 1.0  # every run's step-0 validation loss (the untrained model)
 # per variant: trainable params, best val loss, its step; x0-logit has the lowest best loss
@@ -339,6 +338,7 @@ def test_page_names_every_variant_and_provenance(built):
         assert name in page
     for text in ("abc123def", "tiny-seed-0", "f00dcafe", "2.13.0", "x0 loss"):
         assert text in page
+    assert "<td>device</td><td>cpu</td>" in section(page, "provenance")  # from the runs' metrics.json
 
 
 def test_runs_table_numbers(built):
