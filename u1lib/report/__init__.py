@@ -144,6 +144,7 @@ def build_report(
         "leaderboard": tables.leaderboard_table(standings, base_value, knobs, labels, styles),
         "axis effects": tables.effects_table(effects) if effects else None,
         "runs": tables.runs_table(trained, page_dir, styles),
+        "job phases": tables.phases_table(trained, styles),
     }
     leaderboard_part = sections.leaderboard_section(
         table_parts["leaderboard"], table_parts["axis effects"], dots, definition
@@ -171,6 +172,7 @@ def build_report(
             "job wall time: the whole Snakemake job (its benchmark file), with loading and validation."
         ),
         html.table(table_parts["runs"], "runs"),
+        sections.phases_block(table_parts["job phases"]),
     )
     provenance_part = html.section(
         "provenance", "Provenance", html.table(tables.provenance_table(provenance, trained), "provenance")

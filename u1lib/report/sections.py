@@ -75,6 +75,22 @@ def leaderboard_section(leaderboard: Table, effects: Table | None, dots: bytes |
     )
 
 
+def phases_block(phases: Table | None) -> str:
+    """Where each train job's time went, or nothing for runs that did not record it."""
+    if phases is None:
+        return ""
+    return (
+        html.heading("Inside each train job")
+        + html.paragraph(
+            "metrics.json job_seconds: loading the weights, the first step (compilation and autotuning), the "
+            "other steps, validation, previews, periodic adapters, checkpoints and the final save; other: opening "
+            "the data and cache, the trainable surface and the trackers. The job wall time above adds starting "
+            "Python and the imports."
+        )
+        + html.table(phases)
+    )
+
+
 def previews_section(runs: list[Run], page_dir: Path, colors: dict, row_labels: dict, notes: list[str]) -> str:
     grids = preview_grids(runs, page_dir, notes)
     if not grids:

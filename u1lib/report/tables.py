@@ -168,16 +168,6 @@ def _dropout(metrics: dict) -> str:
     return MISSING
 
 
-def _phases(metrics: dict) -> str:
-    """metrics.json ``job_seconds`` as "first_step 31 s, steps 29 s, ...", longest first (the total is
-    its own column)."""
-    seconds = metrics.get("job_seconds")
-    if not isinstance(seconds, dict):
-        return MISSING
-    parts = sorted(((v, k) for k, v in seconds.items() if k != "total" and is_number(v)), reverse=True)
-    return ", ".join(f"{name.replace('_', ' ')} {fmt_duration(value)}" for value, name in parts) or MISSING
-
-
 def runs_table(runs: list[Run], page_dir: Path, styles: dict[str, Style]) -> Table:
     """Speed, memory and files per run. s/step is the median after the warm-up (compilation and
     autotuning make the first steps slow, and a mean would charge them to every step)."""
@@ -188,7 +178,6 @@ def runs_table(runs: list[Run], page_dir: Path, styles: dict[str, Style]) -> Tab
         "images/s (steady)",
         "training time",
         "job wall time",
-        "job time by phase",
         "peak GPU mem",
         "peak host RSS",
         "trainable params",
@@ -211,7 +200,6 @@ def runs_table(runs: list[Run], page_dir: Path, styles: dict[str, Style]) -> Tab
                 fmt_number(steady_median(run.train_log, "images_per_s"), 3),
                 fmt_duration(seconds),
                 fmt_duration(run.benchmark_s),
-                _phases(metrics),
                 fmt_bytes(metrics.get("peak_gpu_mem_bytes")),
                 fmt_bytes(metrics.get("peak_host_rss_bytes")),
                 fmt_number(metrics.get("trainable_params")),
@@ -220,8 +208,23 @@ def runs_table(runs: list[Run], page_dir: Path, styles: dict[str, Style]) -> Tab
                 run_files(run, page_dir),
             ]
         )
-    numeric = set(range(1, 11)) - {6}
-    return Table(headers, rows, numeric_columns=numeric, swatches=[styles[r.name].color for r in runs])
+    return Table(headers, rows, numeric_columns=set(range(1, 10)), swatches=[styles[r.name].color for r in runs])
+
+
+PHASES = ("load", "first_step", "steps", "validation", "previews", "adapters", "checkpoints", "save", "other")
+
+
+def phases_table(runs: list[Run], styles: dict[str, Style]) -> Table | None:
+    """Each run's time inside its job by phase (metrics.json ``job_seconds``), a column per phase;
+    None when no run has it (runs written before the field existed)."""
+    timed = [run for run in runs if isinstance(run.metrics.get("job_seconds"), dict)]
+    if not timed:
+        return None
+    rows = [[run.name, *(fmt_duration(run.metrics["job_seconds"].get(k)) for k in ("total", *PHASES))] for run in timed]
+    headers = ["variant", "total", *(name.replace("_", " ") for name in PHASES)]
+    return Table(
+        headers, rows, numeric_columns=set(range(1, len(headers))), swatches=[styles[r.name].color for r in timed]
+    )
 
 
 def settings_tables(per_run: dict[str, dict], colors: dict[str, str]) -> tuple[Table, Table] | None:
