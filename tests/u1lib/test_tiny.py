@@ -12,7 +12,8 @@ from transformers import PreTrainedTokenizerFast
 
 from u1lib.model.config import U1Config
 from u1lib.model.keys import parameter_shapes
-from u1lib.tiny import SPECIAL_TOKENS, build_tiny_snapshot, cli, random_weights, tiny_config_dict
+from u1lib.tiny import build_tiny_snapshot, cli, random_weights, tiny_config_dict
+from u1lib.tiny_tokenizer import SPECIAL_TOKENS
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden_u1_tiny_a"
 SNAPSHOT_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
@@ -107,7 +108,7 @@ def test_special_tokens_are_single_ids(tokenizer, snapshot):
 
 def test_bpe_training_is_deterministic_across_processes():
     script = (
-        "import hashlib; from u1lib.tiny import train_tokenizer; "
+        "import hashlib; from u1lib.tiny_tokenizer import train_tokenizer; "
         "print(hashlib.sha256(train_tokenizer().to_str().encode()).hexdigest())"
     )
     root = str(Path(__file__).resolve().parents[2])
