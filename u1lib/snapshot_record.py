@@ -98,7 +98,7 @@ def snapshot_tiny(
 ) -> dict:
     """Build the embedded tiny model (cheap and deterministic, so always rebuilt) and write its manifest.
 
-    ``variant`` is the architecture (u1, u15, a3b: ``u1lib.tiny.VARIANTS``) and ``weights`` one of
+    ``variant`` is the architecture (u1, u15, a3b: ``u1lib.tiny_config.VARIANTS``) and ``weights`` one of
     ``u1lib.tiny.WEIGHTS``. The manifest's revision names the model built: ``tiny-seed-3`` (random
     weights from seed 3), ``tiny-u15-seed-0``, and ``tiny-seed-0-pretrained`` for the packaged
     pretrained weights (what the report's banner reads).

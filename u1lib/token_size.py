@@ -15,7 +15,7 @@ from u1lib.data.buckets import BucketError, BucketSpec
 from u1lib.model.config import ConfigError, U1Config
 from u1lib.snapshot import snapshot_dir
 
-# each tiny variant's patch_size x merge as u1lib/tiny.py builds it, known without importing torch;
+# each tiny variant's patch_size x merge as u1lib/tiny_config.py sets it, known without importing torch;
 # tests/workflow/test_tiny_variants.py holds them to the builder
 TINY_TOKEN_SIZE = {"u1": 8, "u15": 32, "a3b": 8}
 

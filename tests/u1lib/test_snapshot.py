@@ -17,7 +17,7 @@ from u1lib.io import read_json
 from u1lib.snapshot import SnapshotError, require_verified, snapshot_dir, stamp_path, verify_snapshot
 from u1lib.snapshot_hub import snapshot_hub
 from u1lib.snapshot_record import snapshot_local, snapshot_tiny, write_manifest
-from u1lib.tiny import tiny_config_dict
+from u1lib.tiny_config import tiny_config_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 REVISION = "0123456789abcdef0123456789abcdef01234567"

@@ -12,7 +12,8 @@ from transformers import PreTrainedTokenizerFast
 
 from u1lib.model.config import U1Config
 from u1lib.model.keys import parameter_shapes
-from u1lib.tiny import build_tiny_snapshot, cli, random_weights, tiny_config_dict
+from u1lib.tiny import build_tiny_snapshot, cli, random_weights
+from u1lib.tiny_config import tiny_config_dict
 from u1lib.tiny_tokenizer import SPECIAL_TOKENS
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden_u1_tiny_a"

@@ -179,7 +179,7 @@ def test_the_u15_preset_pins_a_commit_and_trains_the_official_u15_surface():
 
 
 def test_the_a3b_preset_adapts_attention_and_experts_and_refuses_to_run_without_a_revision(workflow, tmp_path):
-    from u1lib.tiny import tiny_config_dict
+    from u1lib.tiny_config import tiny_config_dict
 
     config = preset("a3b.yaml")
     assert config["model"]["revision"] is None

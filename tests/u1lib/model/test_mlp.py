@@ -21,7 +21,8 @@ from u1lib.model.keys import parameter_shapes
 from u1lib.model.loading import load_model
 from u1lib.model.mlp import PROJECTIONS, SparseMoE, grouped_mm_supported, record_routing
 from u1lib.parity import run_parity
-from u1lib.tiny import build_tiny_snapshot, tiny_config_dict
+from u1lib.tiny import build_tiny_snapshot
+from u1lib.tiny_config import tiny_config_dict
 
 GOLDEN = DATA / "golden_a3b_tiny_a"
 GEN_MOE = "language_model.model.layers.{}.mlp_mot_gen"

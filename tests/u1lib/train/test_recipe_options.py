@@ -13,7 +13,7 @@ import yaml
 from u1lib.data.reader import PackedDataset
 from u1lib.grid import apply_overrides, expand
 from u1lib.model.config import U1Config
-from u1lib.tiny import tiny_config_dict
+from u1lib.tiny_config import tiny_config_dict
 from u1lib.train import loop
 from u1lib.train.lineage import lineage_differences
 from u1lib.train.loop import train
