@@ -15,32 +15,25 @@ from pathlib import Path
 
 import torch
 
-from u1lib.cache import PrefixCacheReader
-from u1lib.data.reader import BucketBatchSampler
 from u1lib.device import resolve_device, resolve_dtype
-from u1lib.io import read_json, write_json
-from u1lib.lora.adapter import make_trainable
-from u1lib.lora.io import adapter_metadata, bake_upstream_lora, save_adapter
-from u1lib.lora.spec import TrainableSurface
-from u1lib.model.loading import load_model
-from u1lib.model.offload import apply_memory_plan
+from u1lib.io import write_json
+from u1lib.lora.io import adapter_metadata, save_adapter
 from u1lib.snapshot import require_verified
 from u1lib.train import checkpoint as ckpt
 from u1lib.train import state
 from u1lib.train.distributed import init_from_env
-from u1lib.train.inputs import open_cache, open_data
 from u1lib.train.lineage import run_lineage
 from u1lib.train.metrics import THistogram
 from u1lib.train.monitor import RunMonitor
-from u1lib.train.objectives import flow_loss, image_weights
+from u1lib.train.objectives import flow_loss
 from u1lib.train.optim import WeightEma, make_optimizer, set_lr
 from u1lib.train.phases import JobClock
-from u1lib.train.prefetch import BatchPrefetcher
 from u1lib.train.prefixes import open_prefixes
 from u1lib.train.progress import TrainProgress
 from u1lib.train.resume import choose_checkpoint
 from u1lib.train.run_folder import RunLogs, run_lock
 from u1lib.train.settings import TrainSettings
+from u1lib.train.setup import batches, load_base, make_surface, open_inputs
 from u1lib.train.stop import TrainingInterrupted, stop_on_signals
 from u1lib.train.summary import run_metrics
 from u1lib.train.timesteps import sample_t
@@ -73,15 +66,18 @@ class Trainer:
         self.run_config = {"train": s.to_dict(), "prompt": prompt or {}}
         self._join_ranks()
         snapshot_dir = require_verified(manifest_path, snapshot_dir)  # a snapshot that changed is refused
-        cache = self._open_inputs(manifest_path, train_parquet, val_parquet, cache_dir)
+        inputs = open_inputs(s, manifest_path, train_parquet, val_parquet, cache_dir, self.device, self.base_dtype)
+        self.manifest, self.train_data, self.val_data = inputs.manifest, inputs.train_data, inputs.val_data
+        self.val_source = inputs.val_source
         with self.clock.phase("load"):
-            self._load_model(snapshot_dir)
-        self._make_trainable()
+            self.model, self.baked = load_base(s, snapshot_dir, self.device, self.base_dtype)
+        self.t_eps = self.model.config.t_eps if s.t_eps is None else s.t_eps
+        self.surface, self.trainable = make_surface(s, self.model)
         self.optimizer = make_optimizer(list(self.trainable.values()), s, self.device)
         self.ema = WeightEma(self.trainable, s.ema)
-        self._prepare_batches()
+        self.sampler, self.loader, self.weights = batches(s, self.train_data, self.model.config.token_size, self.device)
         self.prefixes = open_prefixes(
-            cache,
+            inputs.cache,
             model=self.model,
             snapshot_dir=snapshot_dir,
             prompt=prompt,
@@ -89,59 +85,15 @@ class Trainer:
             dtype=self.base_dtype,
             device=self.device,
         )
-        self.lineage = run_lineage(s, self.manifest, self.train_data, cache, prompt)
+        self.lineage = run_lineage(s, self.manifest, self.train_data, inputs.cache, prompt)
         self._step_0_state()
         self.monitor = self._make_monitor()
 
-    # setup --------------------------------------------------------------------------------
+    # setup (the steps of u1lib/train/setup.py need the ranks, device and dtype first) -----
     def _join_ranks(self) -> None:
         self.dist = init_from_env()
         self.device = resolve_device(self.s.device)  # after init_from_env: each rank's own GPU
         self.base_dtype = resolve_dtype(self.s.precision, self.device)
-
-    def _open_inputs(self, manifest_path, train_parquet, val_parquet, cache_dir) -> PrefixCacheReader | None:
-        """The data, and the prefix cache when resident: before the model loads, so they fail fast."""
-        self.manifest = read_json(manifest_path)
-        self.train_data, self.val_data, self.val_source = open_data(Path(train_parquet), val_parquet)
-        if self.s.memory_mode != "resident":
-            return None
-        held_out = [self.val_data] if self.val_source == "held-out" else []
-        return open_cache(
-            cache_dir,
-            manifest=self.manifest,
-            data=[self.train_data, *held_out],
-            device=self.device,
-            dtype=self.base_dtype,
-        )
-
-    def _load_model(self, snapshot_dir) -> None:
-        s = self.s
-        groups = ["gen", "fm"] + (["und", "embed"] if s.memory_mode == "online_prefix" else [])
-        self.model = load_model(snapshot_dir, groups, device=self.device, dtype=self.base_dtype)
-        self.t_eps = self.model.config.t_eps if s.t_eps is None else s.t_eps
-        self.baked = bake_upstream_lora(self.model, s.upstream_lora)
-
-    def _make_trainable(self) -> None:
-        s = self.s
-        self.surface = TrainableSurface.resolve(s.lora, s.full_ft, self.model.config)
-        torch.manual_seed(s.seed)  # adapter init
-        names = make_trainable(self.model, self.surface, dropout=s.lora_dropout)
-        apply_memory_plan(
-            self.model,
-            checkpointing=s.checkpointing,
-            keep_attention=s.keep_attention,
-            swap_layers=s.swap_layers,
-            compile=s.compile,
-        )  # after the surface: only frozen weights stream
-        params = dict(self.model.named_parameters())
-        self.trainable = {n: params[n] for n in names}
-
-    def _prepare_batches(self) -> None:
-        s, data = self.s, self.train_data
-        self.sampler = BucketBatchSampler(data, s.batch_size, seed=s.seed, drop_last=True)
-        self.loader = BatchPrefetcher(data, pin_memory=self.device.type == "cuda")
-        token = self.model.config.token_size
-        self.weights = image_weights(data.widths, data.heights, token, s.token_weighting)  # None: equal
 
     def _step_0_state(self) -> None:
         """The counters, random stream, history and progress display of step 0 (a resume replaces them)."""

@@ -13,7 +13,7 @@ import pytest
 
 from u1lib.io import read_json, read_jsonl
 from u1lib.lora.io import read_lora_file
-from u1lib.train import loop
+from u1lib.train import loop, setup
 from u1lib.train.checkpoint import list_checkpoints
 from u1lib.train.loop import train
 from u1lib.train.resume import IncompatibleCheckpoint
@@ -217,7 +217,7 @@ def test_a_cache_without_the_validation_rows_fails_before_the_model_loads(tiny_w
     def no_load(*args, **kwargs):
         raise AssertionError("the model was loaded before the cache was checked")
 
-    monkeypatch.setattr(loop, "load_model", no_load)
+    monkeypatch.setattr(setup, "load_model", no_load)
     with pytest.raises(ValueError, match=r"built from train\.parquet without sample\(s\) '[^']+', '[^']+': rebuild"):
         train(
             {**CONSTANT, "steps": 1},
