@@ -38,6 +38,7 @@ class Run:
     sampler: dict | None = None
     previews: dict[int, dict[Key, Path]] = field(default_factory=dict)  # step -> images
     preview_prompts: dict[Key, str] = field(default_factory=dict)
+    preview_references: dict[str, Path] = field(default_factory=dict)  # prompt_id -> its real (held-out) image
     benchmark_s: float | None = None  # the Snakemake job's wall time
     job_log: Path | None = None
 
@@ -192,6 +193,22 @@ def _read_previews(run: Run, folder: Path, notes: list[str]) -> None:
             key = (str(entry["prompt_id"]), int(entry["seed"]))
             images[key] = index_path.parent / str(entry["file"])
             run.preview_prompts.setdefault(key, str(entry.get("prompt", "")))
+    if run.previews:
+        _read_preview_references(run, folder / "reference" / "index.json", notes)
+
+
+def _read_preview_references(run: Run, index_path: Path, notes: list[str]) -> None:
+    """``previews/reference/index.json``: the real image of each preview caption ({sample_id, file})."""
+    if not index_path.is_file():
+        return
+    index = _optional_json(index_path, run.name, notes)
+    images = index.get("images") if isinstance(index, dict) else None
+    if not isinstance(images, list):
+        notes.append(f"{run.name}: {index_path} has no 'images' list, the real images are left out")
+        return
+    for entry in images:
+        if isinstance(entry, dict) and isinstance(entry.get("sample_id"), str) and isinstance(entry.get("file"), str):
+            run.preview_references[entry["sample_id"]] = index_path.parent / entry["file"]
 
 
 def read_benchmark(path: Path, name: str, notes: list[str]) -> float | None:

@@ -131,7 +131,8 @@ def image_grid(grid: Grid, colors: dict[str, str], row_labels: dict[str, str], c
     body = []
     for name, cells in grid.rows:
         label = escape(row_labels.get(name, name)).replace("_", "_<wbr>")  # long names break at their parts
-        parts = [f'<th class="row">{swatch(colors[name])}{label}</th>']
+        color = colors.get(name)  # rows that are no variant (the real image) have none
+        parts = [f'<th class="row">{swatch(color) if color else ""}{label}</th>']
         for cell in cells:
             if cell.thumb is None:
                 css = "missing" if cell.problem else "blank"

@@ -100,7 +100,12 @@ def previews_section(runs: list[Run], page_dir: Path, colors: dict, row_labels: 
             "empty",
         )
         return html.section("previews", "Previews across training steps", body)
-    parts = [html.paragraph("Per prompt: a row per variant, a column per training step; click an image for full size.")]
+    parts = [
+        html.paragraph(
+            "Per held-out caption: its real image first, then a row per variant and a column per training step; "
+            "click an image for full size."
+        )
+    ]
     blocks = [
         html.heading(title) + html.image_grid(grid, colors, row_labels, caption=prompt) for title, prompt, grid in grids
     ]

@@ -95,6 +95,9 @@ def contact_grid(runs: list[Run], rows: list[SampleRow], page_dir: Path, notes: 
     return Grid(columns, grid_rows, SHEET_PX)
 
 
+REFERENCE_ROW = "real image (held out)"
+
+
 def preview_grids(runs: list[Run], page_dir: Path, notes: list[str]) -> list[tuple[str, str, Grid]]:
     """Per (prompt, seed): (prompt id and seed, prompt text, grid of runs x steps); runs without
     previews are left out, and a listed image that is missing counts once per run in the notes."""
@@ -106,8 +109,13 @@ def preview_grids(runs: list[Run], page_dir: Path, notes: list[str]) -> list[tup
     steps = sorted({step for run in with_previews for step in run.previews})
     grids = []
     missing: dict[str, int] = {}
+    references = {k: v for run in reversed(with_previews) for k, v in run.preview_references.items()}
     for key, prompt in keys.items():
         grid_rows = []
+        if key[0] in references:  # the real image first, so each row reads as "how close to this"
+            alt = f"the held-out image of {key[0]}"
+            blanks = [GridCell(None, None, alt) for _ in steps[1:]]
+            grid_rows.append((REFERENCE_ROW, [_cell(references[key[0]], PREVIEW_PX, alt, page_dir), *blanks]))
         for run in with_previews:
             cells = []
             for step in steps:

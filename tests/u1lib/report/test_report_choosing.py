@@ -15,10 +15,12 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
+from PIL import Image
 from test_report import (
     BASE_VAL,
     NUMBERS,
     PROMPT_SET,
+    PROMPTS,
     PROVENANCE,
     VARIANTS,
     build,
@@ -212,6 +214,25 @@ def test_previews_grid_when_present(tmp_path):
     rows = re.findall(r'<th class="row">.*?</span>(.*?)</th>', previews)
     assert [row.replace("<wbr>", "") for row in rows] == ["base (untrained)", "#1 x0-logit", "#3 v-uniform"]
     assert previews.count("<img ") == 1 + 2 * 2 and previews.count('<td class="blank"') == 2 + 2
+
+
+def test_previews_start_with_the_real_held_out_image(tmp_path):
+    run_dirs = make_runs(tmp_path / "runs")
+    for name in ("x0-logit", "v-uniform"):
+        write_previews(run_dirs[name], [10, 20], (0, 0, 0))
+    reference = run_dirs["x0-logit"] / "previews" / "reference"
+    reference.mkdir()
+    Image.new("RGB", (48, 32), (200, 10, 10)).save(
+        reference / "00.png"
+    )  # what the trainer writes: {sample_id, prompt, file}
+    (reference / "index.json").write_text(
+        json.dumps({"images": [{"sample_id": "cat", "prompt": PROMPTS[0][1], "file": "00.png"}]})
+    )
+    previews = section(build(tmp_path, run_dirs), "previews")
+    rows = [r.replace("<wbr>", "") for r in re.findall(r'<th class="row">(?:<span[^>]*></span>)?(.*?)</th>', previews)]
+    assert rows == ["real image (held out)", "#1 x0-logit", "#3 v-uniform"]
+    first_row = previews[previews.index("real image (held out)") : previews.index("#1 x0-logit")]
+    assert "previews/reference/00.png" in first_row and first_row.count("<img ") == 1
 
 
 def test_previews_absent_is_a_note_and_a_bad_index_a_note(hand_checked, tmp_path):
