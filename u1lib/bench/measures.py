@@ -78,6 +78,7 @@ def run_train(cfg: U1Config, device: torch.device, m: Measure, rec: Recorder) ->
     images = torch.rand(m.batch, 3, m.size, m.size, device=device, generator=g) * 2 - 1
     t_gen = torch.Generator().manual_seed(0)
     losses = []
+    reducer = dist.gradient_reducer(trainable)  # as the trainer: all-reduce overlapped with the backward
 
     def step():
         t = sample_t(m.batch, "logit_normal", t_gen, t_eps=cfg.t_eps)
@@ -85,8 +86,11 @@ def run_train(cfg: U1Config, device: torch.device, m: Measure, rec: Recorder) ->
         noise = torch.randn(images.shape, device=device, generator=g)
         with _autocast(device):
             loss = flow_loss(model, images, prefix, t, noise).loss
+        if reducer:
+            reducer.arm()
         loss.backward()
-        dist.average_gradients(trainable)
+        if reducer:
+            reducer.finish()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.detach())

@@ -2,7 +2,7 @@
 
 Every rank draws the same global batch and the same random numbers, then works on its slice, so N
 ranks give the same losses as one process with the same global batch; gradients of the trainable
-tensors are averaged with one all-reduce each.
+tensors are averaged in buckets that are all-reduced while the backward still runs (GradientReducer).
 """
 
 from __future__ import annotations
@@ -42,13 +42,9 @@ class Dist:
         td.all_reduce(moved)
         return moved.to(tensor.device)
 
-    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        if not self.active:
-            return
-        for param in params:
-            if param.grad is not None:
-                td.all_reduce(param.grad)
-                param.grad.div_(self.world_size)
+    def gradient_reducer(self, params: list[torch.nn.Parameter]) -> "GradientReducer | None":
+        """The reducer that averages ``params``' gradients over the ranks (None for one process)."""
+        return GradientReducer(params, self.world_size) if self.active else None
 
     def barrier(self) -> None:
         if self.active:
@@ -66,3 +62,65 @@ def init_from_env() -> Dist:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         td.init_process_group(backend)
     return Dist(td.get_rank(), td.get_world_size())
+
+
+class GradientReducer:
+    """Averages gradients over the ranks while the backward still runs.
+
+    The tensors are split once into buckets of about ``bucket_bytes`` in reverse order (the backward
+    produces the last layers' gradients first). After :meth:`arm`, each tensor's post-accumulate hook
+    marks it ready; a bucket whose tensors are all ready is flattened and all-reduced asynchronously,
+    so communication overlaps the rest of the backward. Buckets launch strictly in index order, so
+    every rank issues the same collectives in the same order whatever its data. :meth:`finish` gives
+    a tensor without a gradient a zero one (every rank then reduces the same buckets: a rank whose
+    batch left an expert unrouted must not skip it), launches what is left, waits, and writes the
+    averages back. Only the armed backward reduces: the earlier micro-steps of gradient accumulation
+    just accumulate.
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter], world_size: int, bucket_bytes: int = 25 << 20):
+        self.world_size = world_size
+        self.buckets: list[list[torch.nn.Parameter]] = [[]]
+        size = 0
+        for param in reversed(params):
+            if size >= bucket_bytes:
+                self.buckets.append([])
+                size = 0
+            self.buckets[-1].append(param)
+            size += param.numel() * param.element_size()
+        self.bucket_of = {id(p): b for b, bucket in enumerate(self.buckets) for p in bucket}
+        self.armed = False
+        for param in params:
+            param.register_post_accumulate_grad_hook(self._ready)
+
+    def arm(self) -> None:
+        """The next backward is the last of the step: reduce its gradients as they come."""
+        self.armed = True
+        self.waiting = [len(bucket) for bucket in self.buckets]
+        self.launched: list[tuple[torch.Tensor, object]] = []
+
+    def _ready(self, param: torch.nn.Parameter) -> None:
+        if not self.armed:
+            return
+        self.waiting[self.bucket_of[id(param)]] -= 1
+        while len(self.launched) < len(self.buckets) and self.waiting[len(self.launched)] == 0:
+            self._launch(len(self.launched))
+
+    def _launch(self, b: int) -> None:
+        flat = torch.cat([p.grad.reshape(-1) for p in self.buckets[b]])
+        self.launched.append((flat, td.all_reduce(flat, async_op=True)))
+
+    def finish(self) -> None:
+        """Wait for every bucket and put the averaged gradients in place."""
+        for bucket in self.buckets[len(self.launched) :]:
+            for param in bucket:
+                if param.grad is None:
+                    param.grad = torch.zeros_like(param)
+        while len(self.launched) < len(self.buckets):
+            self._launch(len(self.launched))
+        for bucket, (flat, handle) in zip(self.buckets, self.launched):
+            handle.wait()
+            flat.div_(self.world_size)
+            for param, part in zip(bucket, flat.split([p.numel() for p in bucket])):
+                param.grad.copy_(part.view_as(param.grad))
+        self.armed = False
