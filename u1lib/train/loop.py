@@ -3,7 +3,10 @@
 Loads only the generation tower and fm modules (plus the understanding tower in online-prefix
 mode), wraps LoRA per spec, trains, checkpoints every N steps and at the end into
 ``run_dir/checkpoints``, and resumes from the newest qualifying checkpoint when the same command runs
-again (train/resume.py says which qualify). What happens between the steps is train/monitor.py's.
+again (train/resume.py says which qualify). What happens between the steps is train/monitor.py's,
+the setup steps are train/setup.py's. About 300 lines because the step itself (micro-steps, the
+reduce, clipping, the non-finite stop, the update) is kept whole here: it is the maths a resume's
+lineage must pin.
 """
 
 from __future__ import annotations
