@@ -254,10 +254,3 @@ def report_inputs(wildcards) -> dict[str, list[str]]:
             rules.sample.output.index, variant=SAMPLED, prompt_set=PROMPT_SET
         ),
     }
-
-
-def run_dirs(wildcards) -> dict[str, str]:
-    return {
-        name: str(Path(rules.train.output.adapter.format(variant=name)).parent)
-        for name in SAMPLED
-    }

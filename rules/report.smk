@@ -64,7 +64,6 @@ rule report:
     conda:
         "../envs/u1.yaml"
     params:
-        run_dirs=run_dirs,
         prompt_set=PROMPT_SET,
         # the train jobs' wall times and logs, linked from the report; missing ones become notes
         benchmarks="results/benchmarks/train",

@@ -10,7 +10,9 @@ from u1lib.io import read_json  # noqa: E402
 from u1lib.provenance import versions  # noqa: E402
 from u1lib.report import build_report  # noqa: E402
 
-run_dirs = {name: Path(folder) for name, folder in snakemake.params.run_dirs.items()}
+# each variant's run folder, from the sample index the rule declares for it:
+# results/runs/<variant>/samples/<prompt set>/index.json (the base model's too)
+run_dirs = {Path(index).parents[2].name: Path(index).parents[2] for index in snakemake.input.samples}
 manifest = read_json(snakemake.input.manifest)
 provenance = {
     "git_commit": snakemake.params.git_commit,
