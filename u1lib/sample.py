@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -79,17 +78,15 @@ class Sampler:
         self.dtype = resolve_dtype(settings.dtype, self.device)
         groups = ["und", "embed", "gen", "fm"] + (["lm_head"] if settings.think_budget is not None else [])
         started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=1) as pool:  # the tokenizer loads while the weights stream in
-            tokenizer = pool.submit(load_tokenizer, snapshot_dir)
-            self.model: U1Model = load_model(snapshot_dir, groups, device=self.device, dtype=self.dtype)
-            bake_upstream_lora(self.model, settings.upstream_lora)
-            loaded = time.perf_counter()
-            self.encoder = PrefixEncoder(self.model, tokenizer.result(), prompt_spec, self.device)
+        self.model: U1Model = load_model(snapshot_dir, groups, device=self.device, dtype=self.dtype)
+        bake_upstream_lora(self.model, settings.upstream_lora)
+        loaded = time.perf_counter()
         if settings.compile:
             self.model.compile_layers()
+        self.encoder = PrefixEncoder(self.model, load_tokenizer(snapshot_dir), prompt_spec, self.device)
         self.uncond = self.encoder.uncond()
         progress.info(
-            "model and tokenizer loaded in %.1f s; unconditional prefix in %.1f s",
+            "model loaded in %.1f s; tokenizer and unconditional prefix in %.1f s",
             loaded - started,
             time.perf_counter() - loaded,
         )

@@ -235,7 +235,7 @@ def test_a_run_logs_its_plan_and_progress_with_an_eta(tiny_workspace, tmp_path, 
             variant="base",
         )
     lines = [r.getMessage() for r in caplog.records if r.name == "u1lib.progress"]
-    assert re.fullmatch(r"model and tokenizer loaded in \d+\.\d s; unconditional prefix in \d+\.\d s", lines[0])
+    assert re.fullmatch(r"model loaded in \d+\.\d s; tokenizer and unconditional prefix in \d+\.\d s", lines[0])
     assert lines[1] == "sampling 3 images (1 variants x 1 prompts x 3 seeds) at 32x16, 2 steps, cfg 3.5 on cpu"
     assert [line.split(",")[0] for line in lines[2:]] == ["base: 2/3 images", "base: 3/3 images"]  # one per batch
     assert all(" s/image, eta " in line for line in lines[2:]) and lines[-1].endswith("eta 0 s")
