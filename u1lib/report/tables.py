@@ -211,17 +211,16 @@ def runs_table(runs: list[Run], page_dir: Path, styles: dict[str, Style]) -> Tab
     return Table(headers, rows, numeric_columns=set(range(1, 10)), swatches=[styles[r.name].color for r in runs])
 
 
-PHASES = ("load", "first_step", "steps", "validation", "previews", "adapters", "checkpoints", "save", "other")
-
-
 def phases_table(runs: list[Run], styles: dict[str, Style]) -> Table | None:
-    """Each run's time inside its job by phase (metrics.json ``job_seconds``), a column per phase;
-    None when no run has it (runs written before the field existed)."""
+    """Each run's time inside its job by phase (metrics.json ``job_seconds``), a column per phase in
+    the order the jobs recorded them (the trainer names the phases); None when no run has them (runs
+    written before the field existed)."""
     timed = [run for run in runs if isinstance(run.metrics.get("job_seconds"), dict)]
     if not timed:
         return None
-    rows = [[run.name, *(fmt_duration(run.metrics["job_seconds"].get(k)) for k in ("total", *PHASES))] for run in timed]
-    headers = ["variant", "total", *(name.replace("_", " ") for name in PHASES)]
+    phases = list(dict.fromkeys(k for run in timed for k in run.metrics["job_seconds"] if k != "total"))
+    rows = [[run.name, *(fmt_duration(run.metrics["job_seconds"].get(k)) for k in ("total", *phases))] for run in timed]
+    headers = ["variant", "total", *(name.replace("_", " ") for name in phases)]
     return Table(
         headers, rows, numeric_columns=set(range(1, len(headers))), swatches=[styles[r.name].color for r in timed]
     )

@@ -128,7 +128,14 @@ def _write_trained(folder: Path, name: str, index: int) -> None:
             "steps": 20,
             "images_seen": 40,
             "wall_time_s": 5.0,
-            "job_seconds": {"total": 41.0, "load": 3.0, "first_step": 30.0, "steps": 5.0, "other": 3.0},
+            "job_seconds": {  # only the first run validated: the others show none for that phase
+                "total": 41.0,
+                "load": 3.0,
+                "first_step": 30.0,
+                "steps": 5.0,
+                **({"validation": 2.0} if index == 0 else {}),
+                "other": 3.0,
+            },
             "s_per_step": 0.25,
             "images_per_s": 8.0,
             "peak_gpu_mem_bytes": 3 * 2**30,
@@ -348,10 +355,18 @@ def test_runs_table_numbers(built):
         assert f"{params:,}" in runs
     for text in ("3.0 GiB", "512.0 MiB", "2.0 MiB", "5 s", "4 of 40 (10.0%)"):
         assert text in runs
-    # the job's phases: a column each, "—" for a phase a run did not record
+    # the job's phases: a column each, as the runs recorded them; "—" where a run has no such phase
     phases = runs[runs.index("Inside each train job") :]
-    cells = re.findall(r'<td class="num">([^<]*)</td>', phases)
-    assert cells[:10] == ["41 s", "3 s", "30 s", "5 s", "—", "—", "—", "—", "—", "3 s"]
+    headers = re.findall(r"<th>([^<]*)</th>", phases)
+    assert headers[:2] == ["variant", "total"]
+    assert sorted(headers[2:]) == ["first step", "load", "other", "steps", "validation"]
+    first = dict(zip(headers[1:], re.findall(r'<td class="num">([^<]*)</td>', phases)))
+    assert first["total"] == "41 s" and first["first step"] == "30 s" and first["other"] == "3 s"
+    validated = next(iter(VARIANTS["variants"]))  # the first run written (_write_trained index 0)
+    for name in VARIANTS["variants"]:
+        row = phases[phases.index(f"{name}</td>") :].split("</tr>")[0]
+        cell = re.findall(r'<td class="num">([^<]*)</td>', row)[headers.index("validation") - 1]
+        assert cell == ("2 s" if name == validated else "—"), name
     best_cells = re.findall(r'<td class="num best">([^<]*)</td>', page)
     assert best_cells == ["0.250 (step 10)"]
 
