@@ -69,8 +69,9 @@ def _assign(model: nn.Module, key: str, tensor: torch.Tensor) -> None:
 
 class _SkipInit(TorchFunctionMode):
     """Skips ``torch.nn.init``'s random draws: a meta tensor holds no values to draw, and the meta
-    ``normal_`` goes through a decomposition that imports torch._dynamo (1.6 s here, ~7 s in a fresh
-    process on the H200 box) just to build a model whose weights are then read from files."""
+    ``normal_`` goes through a decomposition that imports torch._dynamo (1.6 s on a CPU machine, 7.3 s
+    of a profiled cold start on an H200 box) just to build a model whose weights are then read from
+    files."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
