@@ -86,11 +86,9 @@ def run_train(cfg: U1Config, device: torch.device, m: Measure, rec: Recorder) ->
         noise = torch.randn(images.shape, device=device, generator=g)
         with _autocast(device):
             loss = flow_loss(model, images, prefix, t, noise).loss
-        if reducer:
-            reducer.arm()
+        reducer.arm()
         loss.backward()
-        if reducer:
-            reducer.finish()
+        reducer.finish()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.detach())

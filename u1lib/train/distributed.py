@@ -42,9 +42,9 @@ class Dist:
         td.all_reduce(moved)
         return moved.to(tensor.device)
 
-    def gradient_reducer(self, params: list[torch.nn.Parameter]) -> "GradientReducer | None":
-        """The reducer that averages ``params``' gradients over the ranks (None for one process)."""
-        return GradientReducer(params, self.world_size) if self.active else None
+    def gradient_reducer(self, params: list[torch.nn.Parameter]) -> "GradientReducer":
+        """The reducer that averages ``params``' gradients over the ranks (a no-op for one process)."""
+        return GradientReducer(params, self.world_size)
 
     def barrier(self) -> None:
         if self.active:
@@ -75,12 +75,16 @@ class GradientReducer:
     a tensor without a gradient a zero one (every rank then reduces the same buckets: a rank whose
     batch left an expert unrouted must not skip it), launches what is left, waits, and writes the
     averages back. Only the armed backward reduces: the earlier micro-steps of gradient accumulation
-    just accumulate.
+    just accumulate. For one process there is nothing to reduce: no hooks, and arm/finish do nothing.
     """
 
     def __init__(self, params: list[torch.nn.Parameter], world_size: int, bucket_bytes: int = 25 << 20):
         self.world_size = world_size
-        self.buckets: list[list[torch.nn.Parameter]] = [[]]
+        self.armed = False
+        self.buckets: list[list[torch.nn.Parameter]] = []
+        if world_size == 1:
+            return
+        self.buckets.append([])
         size = 0
         for param in reversed(params):
             if size >= bucket_bytes:
@@ -89,13 +93,12 @@ class GradientReducer:
             self.buckets[-1].append(param)
             size += param.numel() * param.element_size()
         self.bucket_of = {id(p): b for b, bucket in enumerate(self.buckets) for p in bucket}
-        self.armed = False
         for param in params:
             param.register_post_accumulate_grad_hook(self._ready)
 
     def arm(self) -> None:
         """The next backward is the last of the step: reduce its gradients as they come."""
-        self.armed = True
+        self.armed = self.world_size > 1
         self.waiting = [len(bucket) for bucket in self.buckets]
         self.launched: list[tuple[torch.Tensor, object]] = []
 
@@ -112,6 +115,8 @@ class GradientReducer:
 
     def finish(self) -> None:
         """Wait for every bucket and put the averaged gradients in place."""
+        if not self.armed:
+            return
         for bucket in self.buckets[len(self.launched) :]:
             for param in bucket:
                 if param.grad is None:

@@ -76,7 +76,7 @@ class Trainer:
             self.model, self.baked = load_base(s, snapshot_dir, self.device, self.base_dtype)
         self.t_eps = self.model.config.t_eps if s.t_eps is None else s.t_eps
         self.surface, self.trainable = make_surface(s, self.model)
-        self.reducer = self.dist.gradient_reducer(list(self.trainable.values()))  # None for one process
+        self.reducer = self.dist.gradient_reducer(list(self.trainable.values()))
         self.optimizer = make_optimizer(list(self.trainable.values()), s, self.device)
         self.ema = WeightEma(self.trainable, s.ema)
         self.sampler, self.loader, self.weights = batches(s, self.train_data, self.model.config.token_size, self.device)
@@ -187,11 +187,10 @@ class Trainer:
         set_lr(self.optimizer, self.step, s)
         parts = []
         for micro in range(s.grad_accum):
-            if self.reducer and micro == s.grad_accum - 1:
+            if micro == s.grad_accum - 1:
                 self.reducer.arm()  # the last backward of the step all-reduces as it goes
             parts.append(self._micro_step())
-        if self.reducer:
-            self.reducer.finish()
+        self.reducer.finish()
         stats = torch.stack([torch.stack([p["loss"], p["x0_mse"], p["v_mse"]]).float() for p in parts]).mean(0)
         stats = self.dist.all_reduce_sum(stats.cpu()) / self.dist.world_size
         grad_norm = torch.nn.utils.clip_grad_norm_(params, s.grad_clip if s.grad_clip else float("inf"))
