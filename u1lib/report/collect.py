@@ -202,7 +202,9 @@ def _read_preview_references(run: Run, index_path: Path, notes: list[str]) -> No
     if not index_path.is_file():
         return
     index = _optional_json(index_path, run.name, notes)
-    images = index.get("images") if isinstance(index, dict) else None
+    if index is None:  # the note names why
+        return
+    images = index.get("images")
     if not isinstance(images, list):
         notes.append(f"{run.name}: {index_path} has no 'images' list, the real images are left out")
         return

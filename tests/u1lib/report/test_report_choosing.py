@@ -228,11 +228,17 @@ def test_previews_start_with_the_real_held_out_image(tmp_path):
     (reference / "index.json").write_text(
         json.dumps({"images": [{"sample_id": "cat", "prompt": PROMPTS[0][1], "file": "00.png"}]})
     )
-    previews = section(build(tmp_path, run_dirs), "previews")
+    page = build(tmp_path, run_dirs)
+    previews = section(page, "previews")
     rows = [r.replace("<wbr>", "") for r in re.findall(r'<th class="row">(?:<span[^>]*></span>)?(.*?)</th>', previews)]
     assert rows == ["real image (held out)", "#1 x0-logit", "#3 v-uniform"]
     first_row = previews[previews.index("real image (held out)") : previews.index("#1 x0-logit")]
     assert "previews/reference/00.png" in first_row and first_row.count("<img ") == 1
+    # a torn reference index is one note naming it, and the previews still show
+    (reference / "index.json").write_text("{", encoding="utf-8")
+    page = build(tmp_path, run_dirs)
+    assert page.count(f"x0-logit: {reference / 'index.json'}") == 1
+    assert "real image (held out)" not in section(page, "previews") and "#1 x0-logit" in section(page, "previews")
 
 
 def test_previews_absent_is_a_note_and_a_bad_index_a_note(hand_checked, tmp_path):
