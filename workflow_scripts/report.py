@@ -1,5 +1,6 @@
 """Rule report: the self-contained HTML comparison of every variant, with provenance."""
 
+from dataclasses import fields
 from pathlib import Path
 
 from job_setup import start_job
@@ -9,6 +10,7 @@ start_job(snakemake.log[0])
 from u1lib.io import read_json  # noqa: E402
 from u1lib.provenance import versions  # noqa: E402
 from u1lib.report import build_report  # noqa: E402
+from u1lib.report.artifacts import ArtifactFolders  # noqa: E402
 
 # each variant's run folder, from the sample index the rule declares for it:
 # results/runs/<variant>/samples/<prompt set>/index.json (the base model's too)
@@ -30,5 +32,6 @@ build_report(
     prompt_set=snakemake.params.prompt_set,
     benchmarks_dir=Path(snakemake.params.benchmarks),
     logs_dir=Path(snakemake.params.logs),
-    artifacts_dir=Path(snakemake.output.tables).parent,
+    # the rule declares one output per kind of part, named as ArtifactFolders' fields
+    artifacts=ArtifactFolders(**{kind.name: Path(snakemake.output[kind.name]) for kind in fields(ArtifactFolders)}),
 )

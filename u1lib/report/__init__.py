@@ -24,7 +24,7 @@ from pathlib import Path
 
 from u1lib.io import read_json, write_text
 from u1lib.report import html, plots, ranking, sections, tables
-from u1lib.report.artifacts import write_artifacts
+from u1lib.report.artifacts import ArtifactFolders, write_artifacts
 from u1lib.report.collect import read_run
 from u1lib.report.colors import BASE_COLOR, variant_styles
 
@@ -94,15 +94,15 @@ def build_report(
     prompt_set: str,
     benchmarks_dir: Path | None = None,
     logs_dir: Path | None = None,
-    artifacts_dir: Path | None = None,
+    artifacts: ArtifactFolders | None = None,
 ) -> None:
     """Write the report for ``run_dirs`` (variant -> run folder) to ``out_html``, atomically.
 
     ``benchmarks_dir`` holds Snakemake's ``{variant}.tsv`` train benchmarks (job wall time) and
     ``logs_dir`` the ``{variant}.log`` job logs; either may be left out. Links are relative to
     ``out_html``'s folder, so the results folder can be moved or served as a whole.
-    ``artifacts_dir``, when given, also receives the page's figures, tables and images as files
-    (report/artifacts.py).
+    ``artifacts``, when given, names the folders that also receive the page's tables, figures and
+    images as files (report/artifacts.py).
     """
     base, knobs, labels = _parse_variants(variants)
     _check_provenance(provenance)
@@ -203,9 +203,9 @@ def build_report(
         provenance_part,
     )
     write_text(out_html, page)
-    if artifacts_dir is not None:
+    if artifacts is not None:
         write_artifacts(
-            Path(artifacts_dir),
+            artifacts,
             figures={sections.BEST_VALIDATION_FIGURE: dots, **curves},
             tables={name: table for name, table in table_parts.items() if table is not None},
             runs=shown,
@@ -235,7 +235,7 @@ def cli(verb: str, argv: list[str]) -> int:
             prompt_set=args.prompt_set,
             benchmarks_dir=args.benchmarks,
             logs_dir=args.logs,
-            artifacts_dir=args.files,
+            artifacts=ArtifactFolders.under(args.files) if args.files else None,
         )
     except (ValueError, FileNotFoundError) as err:
         print(f"u1lib {verb}: {err}", file=sys.stderr)

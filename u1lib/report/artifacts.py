@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from u1lib.io import atomic_folder, write_bytes, write_text
@@ -47,22 +48,38 @@ def _images(images: dict[Key, Path], folder: Path) -> None:
             _place(source, folder / f"{prompt_id}_seed{seed}.png")
 
 
-def write_artifacts(root: Path, *, figures: dict[str, bytes | None], tables: dict[str, Table], runs: list[Run]) -> None:
-    """``root/{kind}/`` for every kind, each folder replaced as a whole: ``tables/<name>.tsv``,
-    ``figures/<title>.png`` (figures with nothing to show are left out), ``samples/<variant>/`` and
-    ``previews/<variant>/step-<8-digit N>/`` holding ``<prompt_id>_seed<seed>.png``."""
-    root = Path(root)
-    with atomic_folder(root / "tables") as folder:
+@dataclass(frozen=True)
+class ArtifactFolders:
+    """Where each kind of part goes; the workflow declares each folder as an output of its own."""
+
+    tables: Path
+    figures: Path
+    samples: Path
+    previews: Path
+
+    @classmethod
+    def under(cls, root: Path) -> ArtifactFolders:
+        """``root/{tables,figures,samples,previews}`` (the CLI's ``--files``)."""
+        return cls(**{kind.name: Path(root) / kind.name for kind in fields(cls)})
+
+
+def write_artifacts(
+    folders: ArtifactFolders, *, figures: dict[str, bytes | None], tables: dict[str, Table], runs: list[Run]
+) -> None:
+    """Each folder replaced as a whole: ``tables/<name>.tsv``, ``figures/<title>.png`` (figures with
+    nothing to show are left out), ``samples/<variant>/`` and ``previews/<variant>/step-<8-digit N>/``
+    holding ``<prompt_id>_seed<seed>.png``."""
+    with atomic_folder(folders.tables) as folder:
         for name, table in tables.items():
             write_text(folder / f"{slug(name)}.tsv", table_tsv(table))
-    with atomic_folder(root / "figures") as folder:
+    with atomic_folder(folders.figures) as folder:
         for title, png in figures.items():
             if png is not None:
                 write_bytes(folder / f"{slug(title)}.png", png)
-    with atomic_folder(root / "samples") as folder:
+    with atomic_folder(folders.samples) as folder:
         for run in runs:
             _images(run.samples, folder / run.name)
-    with atomic_folder(root / "previews") as folder:
+    with atomic_folder(folders.previews) as folder:
         for run in runs:
             for step, images in run.previews.items():
                 _images(images, folder / run.name / f"step-{step:08d}")

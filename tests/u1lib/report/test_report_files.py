@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import json
 
 from PIL import Image
 from test_report import PROMPT_SET, PROVENANCE, make_grid, section
 
-from u1lib.report import build_report
+from u1lib.report import build_report, cli
+from u1lib.report.artifacts import ArtifactFolders
 
 
 def test_figures_tables_and_images_as_files(tmp_path):
@@ -19,7 +21,7 @@ def test_figures_tables_and_images_as_files(tmp_path):
         variants=variants,
         provenance=PROVENANCE,
         prompt_set=PROMPT_SET,
-        artifacts_dir=files,
+        artifacts=ArtifactFolders.under(files),
     )
     assert sorted(p.name for p in files.iterdir()) == ["figures", "previews", "samples", "tables"]
     figures = sorted(p.name for p in (files / "figures").iterdir())
@@ -53,8 +55,20 @@ def test_figures_tables_and_images_as_files(tmp_path):
 def test_a_rebuild_replaces_the_files_of_a_variant_that_left(tmp_path):
     run_dirs, variants = make_grid(tmp_path / "runs", 2, steps=40)
     files, options = tmp_path / "files", {"provenance": PROVENANCE, "prompt_set": PROMPT_SET}
-    build_report(run_dirs, tmp_path / "r.html", variants=variants, artifacts_dir=files, **options)
+    build_report(run_dirs, tmp_path / "r.html", variants=variants, artifacts=ArtifactFolders.under(files), **options)
     gone = list(variants["variants"])[1]
     del variants["variants"][gone], run_dirs[gone]
-    build_report(run_dirs, tmp_path / "r.html", variants=variants, artifacts_dir=files, **options)
+    build_report(run_dirs, tmp_path / "r.html", variants=variants, artifacts=ArtifactFolders.under(files), **options)
     assert not (files / "samples" / gone).exists() and not (files / "previews" / gone).exists()
+
+
+def test_the_report_verb_writes_the_files_where_files_points(tmp_path):
+    run_dirs, variants = make_grid(tmp_path / "runs", 2, steps=40)
+    (tmp_path / "variants.json").write_text(json.dumps(variants))
+    (tmp_path / "provenance.json").write_text(json.dumps(PROVENANCE))
+    argv = ["--runs-root", str(tmp_path / "runs"), "--variants", str(tmp_path / "variants.json")]
+    argv += ["--provenance", str(tmp_path / "provenance.json"), "--prompt-set", PROMPT_SET]
+    argv += ["--out", str(tmp_path / "report.html"), "--files", str(tmp_path / "parts")]
+    assert cli("report", argv) == 0
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["figures", "previews", "samples", "tables"]
+    assert (tmp_path / "parts" / "tables" / "leaderboard.tsv").is_file()
