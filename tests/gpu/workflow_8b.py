@@ -126,6 +126,7 @@ def main() -> int:
             f"previews at steps {[s['step'] for s in previews]}, best adapter step "
             f"{metrics['best_adapter']['step']}, exports verified: {complete}"
         )
+        print(f"{run.name}: job seconds {metrics.get('job_seconds')}")
     return returncode or (0 if learned else 3)
 
 

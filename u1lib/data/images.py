@@ -33,7 +33,10 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 # Pillow's own decompression-bomb warning threshold (about 9459 x 9459); Pillow refuses twice that
 # at open time regardless of this setting.
 DEFAULT_MAX_PIXELS = 89_478_485
-PNG_COMPRESS_LEVEL = 6  # pinned so that packing twice gives the same bytes
+# Pinned so that packing twice gives the same bytes. zlib level 1: a 1024² image encodes in a quarter
+# of level 6's time (0.05 s against 0.22 s on a CI core) for a file about 16% larger; packing,
+# previews and sample jobs encode many.
+PNG_COMPRESS_LEVEL = 1
 STORED_FORMAT = "PNG"  # what encode_png writes into a pack, and all the training reader opens
 
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")

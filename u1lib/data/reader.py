@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from u1lib.data.images import STORED_FORMAT
+from u1lib.data.images import STORED_FORMAT, encode_png
 from u1lib.data.schema import PACKED_COLUMNS, read_schema, schema_problems
 
 INDEX_COLUMNS = ["sample_id", "bucket", "width", "height"]
@@ -129,9 +129,7 @@ def load_image_tensor(png_bytes: bytes) -> torch.Tensor:
 def image_png(image: torch.Tensor) -> bytes:
     """[3, H, W] in [-1, 1] -> PNG bytes (clamp, scale, round): what a sampled image is stored as."""
     pixels = ((image.float() * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=STORED_FORMAT)
-    return buffer.getvalue()
+    return encode_png(Image.fromarray(pixels))
 
 
 def _hash_order(count: int, salt: str) -> list[int]:

@@ -87,10 +87,9 @@ def read_lora_file(path: str | Path) -> LoraFile:
 FACTOR_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def save_adapter(
-    model: nn.Module, path: str | Path, full_ft: list[str], metadata: dict[str, str], *, factor_dtype: str = "float32"
-) -> int:
-    """Write every adapter of ``model`` and the named fully fine-tuned tensors; returns bytes written.
+def adapter_tensors(model: nn.Module, full_ft: list[str], *, factor_dtype: str = "float32") -> dict[str, torch.Tensor]:
+    """Every adapter of ``model`` and the named fully fine-tuned tensors, as an upstream-format file's
+    tensors: CPU copies, never views of the live weights, so they can be written while training goes on.
 
     ``factor_dtype`` is the dtype of the lora_down/lora_up matrices (float32 or bfloat16).
     """
@@ -101,17 +100,32 @@ def save_adapter(
     unknown = [name for name in full_ft if name not in params]
     if unknown:
         raise ValueError(f"cannot save fully fine-tuned tensors the model does not have: {', '.join(unknown)}")
+
+    def copy(tensor: torch.Tensor, to: torch.dtype) -> torch.Tensor:
+        return tensor.detach().to("cpu", to, copy=True).contiguous()
+
     tensors: dict[str, torch.Tensor] = {}
     for module, adapter in adapters_of(model).items():
-        tensors[f"{module}.lora_down.weight"] = adapter.lora_down.weight.detach().to(dtype).contiguous().cpu()
-        tensors[f"{module}.lora_up.weight"] = adapter.lora_up.weight.detach().to(dtype).contiguous().cpu()
-        tensors[f"{module}.alpha"] = adapter.alpha.detach().float().cpu()
+        tensors[f"{module}.lora_down.weight"] = copy(adapter.lora_down.weight, dtype)
+        tensors[f"{module}.lora_up.weight"] = copy(adapter.lora_up.weight, dtype)
+        tensors[f"{module}.alpha"] = copy(adapter.alpha, torch.float32)
     for name in full_ft:
         key = name[: -len(".bias")] + FT_BIAS_SUFFIX if name.endswith(".bias") else name
-        tensors[key] = params[name].detach().float().contiguous().cpu()
-    meta = {"format": "pt", "u1lib.format": "upstream_lora", **metadata}
-    save_safetensors(path, tensors, meta)
+        tensors[key] = copy(params[name], torch.float32)
+    return tensors
+
+
+def write_adapter_file(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> int:
+    """Write :func:`adapter_tensors`' result as an upstream LoRA file; returns bytes written."""
+    save_safetensors(path, tensors, {"format": "pt", "u1lib.format": "upstream_lora", **metadata})
     return Path(path).stat().st_size
+
+
+def save_adapter(
+    model: nn.Module, path: str | Path, full_ft: list[str], metadata: dict[str, str], *, factor_dtype: str = "float32"
+) -> int:
+    """Write every adapter of ``model`` and the named fully fine-tuned tensors; returns bytes written."""
+    return write_adapter_file(path, adapter_tensors(model, full_ft, factor_dtype=factor_dtype), metadata)
 
 
 def load_adapter_weights(model: nn.Module, lora: LoraFile, *, strict: bool = True) -> None:

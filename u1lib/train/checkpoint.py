@@ -9,10 +9,11 @@ loses its declared log files (Snakemake deletes them), and a resume restores the
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -35,6 +36,23 @@ class TrainState:
     rng: dict[str, torch.Tensor]
     info: dict  # json-able: sampler, scheduler, compatibility, counters
     logs: dict[str, list[dict]] = field(default_factory=dict)  # LOG_NAMES -> records up to ``step``
+
+    def on_cpu(self) -> TrainState:
+        """A copy that shares nothing with the live run (tensors copied to the CPU, logs as they are
+        now), so it can be written while training changes the originals."""
+
+        def copied(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}
+
+        return replace(
+            self,
+            trainable=copied(self.trainable),
+            optimizer=copied(self.optimizer),
+            ema=copied(self.ema),
+            rng=copied(self.rng),
+            info=copy.deepcopy(self.info),
+            logs={name: list(records) for name, records in self.logs.items()},
+        )
 
 
 def _fsync_dir(path: Path) -> None:

@@ -20,11 +20,12 @@ import torch
 
 from u1lib.device import resolve_device, resolve_dtype
 from u1lib.io import write_json
-from u1lib.lora.io import adapter_metadata, save_adapter
+from u1lib.lora.io import adapter_metadata, adapter_tensors, write_adapter_file
 from u1lib.snapshot import require_verified
 from u1lib.train import checkpoint as ckpt
 from u1lib.train import state
 from u1lib.train.distributed import init_from_env
+from u1lib.train.file_writer import BackgroundWriter
 from u1lib.train.lineage import run_lineage
 from u1lib.train.metrics import THistogram
 from u1lib.train.monitor import RunMonitor
@@ -67,31 +68,38 @@ class Trainer:
         self.s, self.run_dir, self.on_incompatible = s, Path(run_dir), on_incompatible
         self.checkpoints = self.run_dir / ckpt.FOLDER
         self.run_config = {"train": s.to_dict(), "prompt": prompt or {}}
-        self._join_ranks()
-        snapshot_dir = require_verified(manifest_path, snapshot_dir)  # a snapshot that changed is refused
-        inputs = open_inputs(s, manifest_path, train_parquet, val_parquet, cache_dir, self.device, self.base_dtype)
+        with self.clock.phase("inputs"):
+            self._join_ranks()
+            snapshot_dir = require_verified(manifest_path, snapshot_dir)  # a snapshot that changed is refused
+            inputs = open_inputs(s, manifest_path, train_parquet, val_parquet, cache_dir, self.device, self.base_dtype)
         self.manifest, self.train_data, self.val_data = inputs.manifest, inputs.train_data, inputs.val_data
         self.val_source = inputs.val_source
         with self.clock.phase("load"):
             self.model, self.baked = load_base(s, snapshot_dir, self.device, self.base_dtype)
         self.t_eps = self.model.config.t_eps if s.t_eps is None else s.t_eps
-        self.surface, self.trainable = make_surface(s, self.model)
-        self.reducer = self.dist.gradient_reducer(list(self.trainable.values()))
-        self.optimizer = make_optimizer(list(self.trainable.values()), s, self.device)
-        self.ema = WeightEma(self.trainable, s.ema)
-        self.sampler, self.loader, self.weights = batches(s, self.train_data, self.model.config.token_size, self.device)
-        self.prefixes = open_prefixes(
-            inputs.cache,
-            model=self.model,
-            snapshot_dir=snapshot_dir,
-            prompt=prompt,
-            data=[self.train_data, self.val_data],
-            dtype=self.base_dtype,
-            device=self.device,
-        )
-        self.lineage = run_lineage(s, self.manifest, self.train_data, inputs.cache, prompt)
-        self._step_0_state()
-        self.monitor = self._make_monitor()
+        with self.clock.phase("setup"):
+            self.surface, self.trainable = make_surface(s, self.model)
+            self.reducer = self.dist.gradient_reducer(list(self.trainable.values()))
+            self.optimizer = make_optimizer(list(self.trainable.values()), s, self.device)
+            self.ema = WeightEma(self.trainable, s.ema)
+            self.files = BackgroundWriter()
+            self.sampler, self.loader, self.weights = batches(
+                s, self.train_data, self.model.config.token_size, self.device
+            )
+        with self.clock.phase("prefixes"):
+            self.prefixes = open_prefixes(
+                inputs.cache,
+                model=self.model,
+                snapshot_dir=snapshot_dir,
+                prompt=prompt,
+                data=[self.train_data, self.val_data],
+                dtype=self.base_dtype,
+                device=self.device,
+            )
+        with self.clock.phase("setup"):
+            self.lineage = run_lineage(s, self.manifest, self.train_data, inputs.cache, prompt)
+            self._step_0_state()
+            self.monitor = self._make_monitor()
 
     # setup (the steps of u1lib/train/setup.py need the ranks, device and dtype first) -----
     def _join_ranks(self) -> None:
@@ -125,6 +133,7 @@ class Trainer:
             write_adapter=self._write_adapter,
             capture=lambda: state.capture(self),
             clock=self.clock,
+            files=self.files,
         )
 
     def autocast(self):
@@ -132,12 +141,18 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
-    def _write_adapter(self, path: Path, step: int) -> int:
+    def _adapter_now(self, step: int) -> tuple[dict, dict]:
+        """The adapter's tensors as they are now (CPU copies) and its file metadata."""
         metadata = adapter_metadata(
             config=self.run_config, spec=self.s.lora, base_revision=str(self.manifest.get("revision")), step=step
         )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return save_adapter(self.model, path, list(self.surface.full_ft), metadata, factor_dtype=self.s.adapter_dtype)
+        with self.clock.phase("adapters"):
+            tensors = adapter_tensors(self.model, list(self.surface.full_ft), factor_dtype=self.s.adapter_dtype)
+        return tensors, metadata
+
+    def _write_adapter(self, path: Path, step: int) -> None:
+        tensors, metadata = self._adapter_now(step)
+        self.files.submit(str(path), lambda: write_adapter_file(path, tensors, metadata))
 
     # fit ------------------------------------------------------------------------------------
     def _next_batch(self) -> list[int]:
@@ -196,6 +211,7 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, s.grad_clip if s.grad_clip else float("inf"))
         loss = float(stats[0])
         if not math.isfinite(loss) or not math.isfinite(float(grad_norm)):
+            self.files.drain()  # the checkpoint being written is the one to name
             newest = ckpt.list_checkpoints(self.checkpoints)
             where = newest[-1] if newest else "none (no checkpoint was written yet)"
             raise NonFiniteLoss(
@@ -260,7 +276,9 @@ class Trainer:
         with self.clock.phase("save"):
             self.ema.copy_to(self.trainable)  # the EMA weights are the deliverable when EMA is on
             adapter_path = self.run_dir / "adapter.safetensors"
-            adapter_bytes = self._write_adapter(adapter_path, self.step)
+            tensors, metadata = self._adapter_now(self.step)
+            self.files.drain()  # the periodic and best adapters land before the final one is chosen from
+            adapter_bytes = write_adapter_file(adapter_path, tensors, metadata)
             best = self.monitor.finish(adapter_path)
         metrics = run_metrics(self, adapter_bytes=adapter_bytes, best_adapter=best)
         write_json(self.run_dir / "metrics.json", metrics)

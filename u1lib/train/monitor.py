@@ -17,6 +17,7 @@ from u1lib.model.u1 import U1Model
 from u1lib.train import checkpoint as ckpt
 from u1lib.train.adapter_files import AdapterFiles
 from u1lib.train.distributed import Dist
+from u1lib.train.file_writer import BackgroundWriter
 from u1lib.train.phases import JobClock
 from u1lib.train.prefixes import PrefixSource
 from u1lib.train.previews import Previewer, PreviewSettings
@@ -49,10 +50,13 @@ class RunMonitor:
         write_adapter: Callable[[Path, int], int],
         capture: Callable[[], ckpt.TrainState],
         clock: JobClock,
+        files: BackgroundWriter,
     ):
         """``capture()`` is the run's full state for a checkpoint; ``write_adapter(path, step)`` saves
-        the adapter as it is now; ``clock`` receives the time of each kind of work."""
+        the adapter as it is now; ``clock`` receives the time of each kind of work; ``files`` writes
+        the checkpoints (and, through ``write_adapter``, the adapters) while training goes on."""
         self.s, self.dist, self.model, self.autocast, self.clock = s, dist, model, autocast, clock
+        self.files = files
         self.logs, self.progress, self.capture = logs, progress, capture
         self.checkpoints = run_dir / ckpt.FOLDER
         self.validator = Validator(
@@ -94,7 +98,8 @@ class RunMonitor:
                 self.logs.start_fresh()
                 self.adapters.start_fresh()
             self.previewer.discard_after(step if resumed else -1)  # -1: every preview goes
-            self.trackers.open(step, self.logs.records, self.previewer.root)
+            with self.clock.phase("logs"):
+                self.trackers.open(step, self.logs.records, self.previewer.root)
         if not resumed:
             if self.s.val_every:
                 self.validate(step)
@@ -105,11 +110,12 @@ class RunMonitor:
         """After the step of ``record``. A signal (``stop``, read as late as possible: it may come while
         this runs) makes a checkpoint due now."""
         s, step = self.s, record["step"]
-        self.logs.append(TRAIN_LOG, record)
+        with self.clock.phase("logs"):
+            self.logs.append(TRAIN_LOG, record)
+            if self.dist.is_main:
+                self.trackers.trained(record)
         if self.dist.is_main:
-            self.trackers.trained(record)
-            with self.clock.phase("adapters"):
-                self.adapters.trained(step, step == s.steps)
+            self.adapters.trained(step, step == s.steps)
         if self._due(s.val_every, step):
             self.validate(step)
         if self._due(s.preview_every, step):
@@ -124,10 +130,12 @@ class RunMonitor:
         with self.clock.phase("validation"):
             record = {"step": step, **self.validator.run(self.model, self.dist, self.autocast)}
         self.model.train()
-        self.logs.append(VAL_LOG, record)
-        self.progress.validated(record)
+        with self.clock.phase("logs"):
+            self.logs.append(VAL_LOG, record)
+            self.progress.validated(record)
+            if self.dist.is_main:
+                self.trackers.validated(record)
         if self.dist.is_main:
-            self.trackers.validated(record)
             self.adapters.validated(record, self.logs.records[VAL_LOG])
 
     def preview(self, step: int) -> None:
@@ -137,22 +145,33 @@ class RunMonitor:
         with self.clock.phase("previews"):
             images = self.previewer.run(self.model, step, self.autocast)
         self.model.train()
-        self.trackers.previewed(step, images)
+        with self.clock.phase("logs"):
+            self.trackers.previewed(step, images)
 
     def checkpoint(self) -> None:
         """Save the full state, then keep only the best adapters a kept checkpoint can still need."""
         if not self.dist.is_main:
             return
         with self.clock.phase("checkpoints"):
-            ckpt.save_checkpoint(self.checkpoints, self.capture(), keep=self.s.keep_checkpoints)
+            state = self.capture().on_cpu()
+        val_log = list(self.logs.records[VAL_LOG])
+        self.files.submit(f"the checkpoint of step {state.step}", lambda: self._save_and_prune(state, val_log))
+
+    def _save_and_prune(self, state: ckpt.TrainState, val_log: list[dict]) -> None:
+        ckpt.save_checkpoint(self.checkpoints, state, keep=self.s.keep_checkpoints)
         kept = [ckpt.checkpoint_step(p) for p in ckpt.list_checkpoints(self.checkpoints)]
-        self.adapters.prune(self.logs.records[VAL_LOG], kept)
+        self.adapters.prune(val_log, kept)
 
     def finish(self, final_adapter: Path) -> dict:
         """``adapter_best.safetensors`` and the previews' index; returns metrics.json's ``best_adapter``."""
+        self.files.drain()
         best = self.adapters.finish(self.logs.records[VAL_LOG], final_adapter)
         self.previewer.write_summary()
         return best
 
     def close(self) -> None:
-        self.trackers.close()
+        """Let the files already handed over land (a stopped or failed run keeps its last checkpoint)."""
+        try:
+            self.files.drain()
+        finally:
+            self.trackers.close()

@@ -10,19 +10,29 @@ from collections.abc import Iterator
 
 
 class JobClock:
-    """Seconds per named phase since the clock was made; :meth:`summary` adds ``other`` (time in no phase)."""
+    """Seconds per named phase since the clock was made; :meth:`summary` adds ``other`` (time in no phase).
+
+    Phases nest and count exclusively: an adapter written inside ``save`` counts as ``adapters``, and
+    ``save`` keeps only the rest, so the phases and ``other`` always add up to the total.
+    """
 
     def __init__(self) -> None:
         self.started = time.perf_counter()
         self.seconds: dict[str, float] = {}
+        self._inner: list[float] = []  # per open phase: seconds spent in the phases nested in it
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
         started = time.perf_counter()
+        self._inner.append(0.0)
         try:
             yield
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            own = elapsed - self._inner.pop()
+            if self._inner:
+                self._inner[-1] += elapsed
+            self.seconds[name] = self.seconds.get(name, 0.0) + own
 
     def summary(self) -> dict[str, float]:
         """``{"total": s, <phase>: s, ..., "other": s}``, rounded to 10 ms."""

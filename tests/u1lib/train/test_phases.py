@@ -28,3 +28,15 @@ def test_a_phase_that_raises_still_counts():
         time.sleep(0.01)
         raise RuntimeError("disk full")
     assert clock.summary()["save"] >= 0.01
+
+
+def test_nested_phases_count_exclusively():
+    clock = JobClock()
+    with clock.phase("save"):
+        time.sleep(0.02)
+        with clock.phase("adapters"):
+            time.sleep(0.03)
+    summary = clock.summary()
+    assert 0.02 <= summary["save"] < 0.03  # the adapter's 30 ms are not counted twice
+    assert summary["adapters"] >= 0.03
+    assert summary["save"] + summary["adapters"] + summary["other"] == pytest.approx(summary["total"], abs=0.011)

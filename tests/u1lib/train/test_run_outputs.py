@@ -102,7 +102,8 @@ def test_periodic_and_best_adapters(straight):
 def test_metrics_say_where_the_job_time_went(straight):
     _, metrics = straight
     seconds = metrics["job_seconds"]
-    phases = {"load", "first_step", "steps", "validation", "previews", "adapters", "checkpoints", "save", "other"}
+    phases = {"inputs", "load", "setup", "prefixes", "first_step", "steps", "validation", "previews", "adapters"}
+    phases |= {"checkpoints", "logs", "save", "other"}
     assert set(seconds) == {"total"} | phases
     assert all(v >= 0 for v in seconds.values())
     assert sum(seconds[k] for k in phases) == pytest.approx(seconds["total"], abs=0.1)
