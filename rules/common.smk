@@ -3,8 +3,6 @@
 Rule files hold no logic: every value a rule needs that is not a plain constant comes from here.
 """
 
-import os
-import re
 from pathlib import Path
 
 import yaml
@@ -14,24 +12,14 @@ from snakemake.utils import validate
 # The Snakefile's folder is first on sys.path, so this is the u1lib beside it; the job scripts
 # import that same copy (workflow_scripts/job_setup.py), so the code hashed below is the code that runs.
 from u1lib import workflow_plan as plan
-from u1lib.config_errors import config_problems, problems_message
+from u1lib.config_errors import problems_message
 from u1lib.grid import BASE, GridError, describe
 from u1lib.grid import expand as expand_grid  # Snakemake has its own expand
-from u1lib.modeling import ModelingPins
 from u1lib.provenance import git_commit
-from u1lib.snapshot import SnapshotError
-from u1lib.token_size import downloaded_token_size, static_token_size
+from u1lib.token_size import model_token_size
+from u1lib.workflow_plan import from_workdir, one_of
 
 WORKFLOW_DIR = Path(workflow.basedir)
-
-
-def from_workdir(path: Path) -> Path:
-    """``path`` relative to the working directory. Snakemake compares the input paths and params of
-    each job with those it recorded, so no absolute path of the project may appear in them: moving
-    or copying the project (``cp -a``) must rerun nothing."""
-    return Path(os.path.relpath(path))
-
-
 SCHEMA_PATH = WORKFLOW_DIR / "config" / "schema" / "config.schema.yaml"
 PINS_PATH = from_workdir(WORKFLOW_DIR / "config" / "pins" / "neo_unify.yaml")
 DEMO_CAPTIONS = from_workdir(WORKFLOW_DIR / "config" / "demo_captions.yaml")
@@ -52,25 +40,23 @@ def planned(function, *args, **kwargs):
         raise WorkflowError(
             problems_message(f"{err.what} ({', '.join(CONFIG_FILES)})", err.problems)
         ) from None
-    except ValueError as err:  # GridError is one
+    except GridError as err:
+        raise WorkflowError(
+            f"invalid config ({', '.join(CONFIG_FILES)}): {err}"
+        ) from None
+    except ValueError as err:
         raise WorkflowError(str(err)) from None
 
 
 SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
-if problems := config_problems(config, SCHEMA):
-    raise WorkflowError(
-        problems_message(f"invalid config ({', '.join(CONFIG_FILES)})", problems)
-    )
+planned(plan.check_config, config, SCHEMA)
 validate(config, str(SCHEMA_PATH))  # fills every default
 canonical = plan.canonical
 
 
 # ------------------------------------------------------------------ variants, prompts, model, data
 
-try:
-    VARIANTS = expand_grid(config["grid"], config)
-except GridError as err:
-    raise WorkflowError(f"invalid config ({', '.join(CONFIG_FILES)}): {err}") from None
+VARIANTS = planned(expand_grid, config["grid"], config)
 TRAINED = [variant.name for variant in VARIANTS]
 SAMPLED = [BASE, *TRAINED]
 VARIANTS_DOC = canonical(describe(VARIANTS))
@@ -88,28 +74,11 @@ MODEL_IDENTITY = canonical(planned(plan.model_identity, config["model"], CONFIG_
 planned(plan.check_dataset_source, config["dataset"]["source"])
 
 # the model's token size: packing snaps images to it, sample sizes must be multiples of it
-STATIC_TOKEN_SIZE, TOKEN_SIZE_FROM = static_token_size(config["model"])
-KNOWN_TOKEN_SIZE = STATIC_TOKEN_SIZE or (
-    downloaded_token_size(
-        config["model"], Path(f"results/models/{config['model']['name']}/manifest.json")
-    )
-    if config["model"]["source"] == "hub"
-    else None
+TOKEN_SIZE = model_token_size(
+    config["model"], Path(f"results/models/{config['model']['name']}/manifest.json")
 )
-PACK_SETTINGS = planned(
-    plan.pack_settings,
-    config["dataset"],
-    static=STATIC_TOKEN_SIZE,
-    known=KNOWN_TOKEN_SIZE,
-    origin=TOKEN_SIZE_FROM,
-)
-planned(
-    plan.check_sample_sizes,
-    config,
-    VARIANT_CONFIG,
-    token=KNOWN_TOKEN_SIZE,
-    origin=TOKEN_SIZE_FROM,
-)
+PACK_SETTINGS = planned(plan.pack_settings, config["dataset"], TOKEN_SIZE)
+planned(plan.check_sample_sizes, config, VARIANT_CONFIG, TOKEN_SIZE)
 
 
 # ------------------------------------------------------------------ plain values
@@ -130,30 +99,10 @@ HELD_OUT = config["dataset"]["val_count"] > 0
 BENCH_SETTINGS = canonical(config["bench"])
 
 
-def upstream_checkout() -> dict:
-    """Where git puts upstream's code, and the URL and commit pinned in config/pins/neo_unify.yaml."""
-    try:
-        pins = ModelingPins.from_file(PINS_PATH)
-    except SnapshotError as err:
-        raise WorkflowError(str(err)) from None
-    if pins.repo is None:
-        raise WorkflowError(f"{PINS_PATH}: needs 'repo: owner/name' to clone upstream")
-    return {
-        "dir": f"results/upstream/{pins.repo.split('/')[-1]}",
-        "url": f"https://github.com/{pins.repo}.git",
-        "commit": pins.commit,
-    }
-
-
-UPSTREAM = upstream_checkout()
+UPSTREAM = planned(plan.upstream_checkout, PINS_PATH)
 
 
 GIT_COMMIT = git_commit(WORKFLOW_DIR)  # for the report's provenance
-
-
-def one_of(names) -> str:
-    """A wildcard regex that matches exactly these names."""
-    return "|".join(re.escape(name) for name in names)
 
 
 # the train rule must not match the base model's run folder
@@ -244,6 +193,12 @@ def export_adapter(wildcards) -> str:
     """The adapter to export (config export.adapter): the final one or the best-validation one."""
     output = "adapter" if config["export"]["adapter"] == "final" else "adapter_best"
     return getattr(rules.train.output, output).format(variant=wildcards.variant)
+
+
+def train_job_files(kind: str) -> dict[str, str]:
+    """Each trained variant's train-job ``benchmark`` or ``log`` file, as the train rule names it."""
+    pattern = rules.train.benchmark if kind == "benchmark" else rules.train.log[0]
+    return {variant: str(pattern).format(variant=variant) for variant in TRAINED}
 
 
 def report_inputs(wildcards) -> dict[str, list[str]]:

@@ -65,9 +65,10 @@ rule report:
         "../envs/u1.yaml"
     params:
         prompt_set=PROMPT_SET,
-        # the train jobs' wall times and logs, linked from the report; missing ones become notes
-        benchmarks="results/benchmarks/train",
-        logs="results/logs/train",
+        # each train job's benchmark (wall time) and log, as the train rule names them; params, not
+        # inputs: a failed job leaves neither, and the report then says so instead of not running
+        benchmarks=train_job_files("benchmark"),
+        job_logs=train_job_files("log"),
         git_commit=GIT_COMMIT,
         code=CODE_HASH["report"],
     script:

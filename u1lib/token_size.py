@@ -9,6 +9,7 @@ once downloaded (for the checks only: what reruns must not depend on what is dow
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from u1lib.data.buckets import BucketError, BucketSpec
@@ -50,9 +51,24 @@ def downloaded_token_size(model: dict, manifest_path: Path) -> int | None:
     return folder_token_size(folder) if pinned == (model["repo_id"], model["revision"]) else None
 
 
-def resolve_buckets(buckets: dict, *, static: int | None, known: int | None, origin: str) -> dict:
+@dataclass(frozen=True)
+class ModelTokenSize:
+    static: int | None  # decided by the config alone (what pack params may depend on)
+    known: int | None  # static, or read from a downloaded snapshot of the pinned revision (checks only)
+    origin: str  # where it comes from, for messages
+
+
+def model_token_size(model: dict, manifest_path: Path) -> ModelTokenSize:
+    """The config's ``model`` section's token size; ``manifest_path`` is where a hub snapshot's would be."""
+    static, origin = static_token_size(model)
+    known = static or (downloaded_token_size(model, manifest_path) if model["source"] == "hub" else None)
+    return ModelTokenSize(static, known, origin)
+
+
+def resolve_buckets(buckets: dict, model: ModelTokenSize) -> dict:
     """dataset.buckets with ``token_size: auto`` replaced where the config decides it (so auto and the
     same number written out are the same params); a number must be a multiple of the model's."""
+    static, known, origin = model.static, model.known, model.origin
     token = buckets["token_size"]
     if token != "auto" and known and token % known:
         raise ValueError(

@@ -21,9 +21,10 @@ import pyarrow.parquet as pq
 from u1lib.config_errors import config_problems, problems_message
 from u1lib.data.sources import IMAGE_SUFFIXES
 from u1lib.grid import BASE, Variant, apply_overrides
+from u1lib.modeling import ModelingPins
 from u1lib.snapshot import COMMIT_SHA, folder_fingerprint, stat_fingerprint
 from u1lib.source_hash import code_hash
-from u1lib.token_size import resolve_buckets, sample_size_problems
+from u1lib.token_size import ModelTokenSize, resolve_buckets, sample_size_problems
 
 
 class ConfigProblems(ValueError):
@@ -32,6 +33,25 @@ class ConfigProblems(ValueError):
     def __init__(self, what: str, problems: list[str]):
         super().__init__(problems_message(what, problems))
         self.what, self.problems = what, problems
+
+
+def check_config(config: dict, schema: dict) -> None:
+    """Refuse a config the schema does not describe, with every problem at once (before Snakemake's
+    own validation, which stops at the first and names it less clearly)."""
+    if problems := config_problems(config, schema):
+        raise ConfigProblems("invalid config", problems)
+
+
+def from_workdir(path: Path) -> Path:
+    """``path`` relative to the working directory. Snakemake compares the input paths and params of
+    each job with those it recorded, so no absolute path of the project may appear in them: moving
+    or copying the project (``cp -a``) must rerun nothing."""
+    return Path(os.path.relpath(path))
+
+
+def one_of(names) -> str:
+    """A wildcard regex that matches exactly these names."""
+    return "|".join(re.escape(name) for name in names)
 
 
 SAFE_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
@@ -186,18 +206,18 @@ def dataset_fingerprint(source: str) -> str | None:
     return stat_fingerprint(source, sorted(entry.name for entry in os.scandir(source) if entry.is_file()))
 
 
-def pack_settings(dataset: dict, *, static: int | None, known: int | None, origin: str) -> dict:
+def pack_settings(dataset: dict, token: ModelTokenSize) -> dict:
     """The pack job's params: the buckets with ``token_size: auto`` resolved, and the split keys."""
     try:
-        buckets = resolve_buckets(dataset["buckets"], static=static, known=known, origin=origin)
+        buckets = resolve_buckets(dataset["buckets"], token)
     except ValueError as err:
         raise ConfigProblems("invalid config", [str(err)]) from None
     return canonical({"buckets": buckets, **{key: dataset[key] for key in ("val_count", "split_seed", "strict")}})
 
 
-def check_sample_sizes(config: dict, variant_configs: dict[str, dict], *, token: int | None, origin: str) -> None:
+def check_sample_sizes(config: dict, variant_configs: dict[str, dict], token: ModelTokenSize) -> None:
     """Every variant's sample size must fit the model (a hub model not downloaded yet: the sampler checks)."""
-    if not token:
+    if not token.known:
         return
     # the shared size once, and a variant's own size only where its grid changes it
     samples = {"": config["sample"]}
@@ -205,6 +225,18 @@ def check_sample_sizes(config: dict, variant_configs: dict[str, dict], *, token:
         own = {k: resolved["sample"][k] for k in ("width", "height") if resolved["sample"][k] != config["sample"][k]}
         if own:
             samples[f"variant {name}: "] = own
-    problems = sample_size_problems(samples, token=token, origin=origin)
+    problems = sample_size_problems(samples, token=token.known, origin=token.origin)
     if problems:
         raise ConfigProblems("invalid config", problems)
+
+
+def upstream_checkout(pins_path: Path) -> dict:
+    """Where git puts upstream's code, and the URL and commit pinned in ``pins_path``."""
+    pins = ModelingPins.from_file(pins_path)
+    if pins.repo is None:
+        raise ValueError(f"{pins_path}: needs 'repo: owner/name' to clone upstream")
+    return {
+        "dir": f"results/upstream/{pins.repo.split('/')[-1]}",
+        "url": f"https://github.com/{pins.repo}.git",
+        "commit": pins.commit,
+    }

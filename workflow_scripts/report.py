@@ -30,8 +30,8 @@ build_report(
     variants=read_json(snakemake.input.variants),
     provenance=provenance,
     prompt_set=snakemake.params.prompt_set,
-    benchmarks_dir=Path(snakemake.params.benchmarks),
-    logs_dir=Path(snakemake.params.logs),
+    benchmarks=snakemake.params.benchmarks,
+    job_logs=snakemake.params.job_logs,
     # the rule declares one output per kind of part, named as ArtifactFolders' fields
     artifacts=ArtifactFolders(**{kind.name: Path(snakemake.output[kind.name]) for kind in fields(ArtifactFolders)}),
 )

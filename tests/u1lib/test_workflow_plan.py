@@ -10,6 +10,7 @@ import yaml
 
 from u1lib import workflow_plan as plan
 from u1lib.grid import BASE, Variant
+from u1lib.token_size import ModelTokenSize
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = yaml.safe_load((REPO / "config" / "schema" / "config.schema.yaml").read_text())
@@ -112,20 +113,18 @@ def test_pack_settings_resolve_auto_and_refuse_a_size_off_the_models_grid():
         "split_seed": 0,
         "strict": False,
     }
-    settings = plan.pack_settings(dataset, static=8, known=8, origin="the tiny u1 model")
+    settings = plan.pack_settings(dataset, ModelTokenSize(8, 8, "the tiny u1 model"))
     assert settings["buckets"]["token_size"] == 8 and settings["val_count"] == 2
     with pytest.raises(plan.ConfigProblems, match=r"token_size 12: not a multiple"):
-        plan.pack_settings(
-            {**dataset, "buckets": {**dataset["buckets"], "token_size": 12}}, static=8, known=8, origin="m"
-        )
+        plan.pack_settings({**dataset, "buckets": {**dataset["buckets"], "token_size": 12}}, ModelTokenSize(8, 8, "m"))
 
 
 def test_sample_sizes_name_the_variant_that_changes_them():
     config = {"sample": {"width": 64, "height": 64}}
     variants = {BASE: config, "wide": {"sample": {"width": 100, "height": 64}}}
-    plan.check_sample_sizes(config, variants, token=None, origin="hub")  # not known yet: the sampler checks
+    plan.check_sample_sizes(config, variants, ModelTokenSize(None, None, "hub"))  # not known yet: the sampler checks
     with pytest.raises(plan.ConfigProblems) as caught:
-        plan.check_sample_sizes(config, variants, token=32, origin="m")
+        plan.check_sample_sizes(config, variants, ModelTokenSize(None, 32, "m"))
     assert caught.value.problems == [
         "variant wide: sample.width 100: not a multiple of the model's token size 32 (m); the nearest are 96 and 128"
     ]
@@ -135,3 +134,43 @@ def test_every_stage_has_a_code_hash():
     hashes = plan.stage_code_hashes()
     assert set(hashes) == set(plan.STAGE_CODE) and all(len(value) == 16 for value in hashes.values())
     assert hashes["train"] != hashes["report"]
+
+
+def test_the_upstream_checkout_comes_from_the_pins_and_needs_a_repo(tmp_path):
+    commit = "a" * 40
+    pins = tmp_path / "pins.yaml"
+    pins.write_text(yaml.safe_dump({"repo": "Org/Upstream-Code", "commit": commit, "files": {"modeling.py": "b" * 64}}))
+    assert plan.upstream_checkout(pins) == {
+        "dir": "results/upstream/Upstream-Code",
+        "url": "https://github.com/Org/Upstream-Code.git",
+        "commit": commit,
+    }
+    pins.write_text(yaml.safe_dump({"commit": commit, "files": {"modeling.py": "b" * 64}}))
+    with pytest.raises(ValueError, match=r"pins.yaml: needs 'repo: owner/name'"):
+        plan.upstream_checkout(pins)
+
+
+def test_check_config_names_every_problem_at_once():
+    schema = {
+        "type": "object",
+        "properties": {"train": {"type": "object", "properties": {"steps": {"type": "integer"}}}},
+        "additionalProperties": False,
+    }
+    plan.check_config({"train": {"steps": 3}}, schema)
+    with pytest.raises(plan.ConfigProblems) as caught:
+        plan.check_config({"train": {"steps": "many"}, "trian": {}}, schema)
+    assert len(caught.value.problems) == 2
+    assert any("trian" in p for p in caught.value.problems) and any("steps" in p for p in caught.value.problems)
+
+
+def test_wildcard_regex_matches_exactly_the_names():
+    import re
+
+    pattern = re.compile(rf"(?:{plan.one_of(['a.b', 'c+'])})")
+    assert pattern.fullmatch("a.b") and pattern.fullmatch("c+")
+    assert not pattern.fullmatch("axb") and not pattern.fullmatch("cc")
+
+
+def test_paths_in_job_params_are_relative_to_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert plan.from_workdir(tmp_path / "config" / "pins.yaml") == Path("config/pins.yaml")

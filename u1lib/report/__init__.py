@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from u1lib.io import read_json, write_text
@@ -92,14 +93,14 @@ def build_report(
     variants: dict,
     provenance: dict,
     prompt_set: str,
-    benchmarks_dir: Path | None = None,
-    logs_dir: Path | None = None,
+    benchmarks: Mapping[str, Path] | None = None,
+    job_logs: Mapping[str, Path] | None = None,
     artifacts: ArtifactFolders | None = None,
 ) -> None:
     """Write the report for ``run_dirs`` (variant -> run folder) to ``out_html``, atomically.
 
-    ``benchmarks_dir`` holds Snakemake's ``{variant}.tsv`` train benchmarks (job wall time) and
-    ``logs_dir`` the ``{variant}.log`` job logs; either may be left out. Links are relative to
+    ``benchmarks`` maps a trained variant to its train job's Snakemake benchmark file (job wall time)
+    and ``job_logs`` to its job log; either may be left out, a missing file is a note. Links are relative to
     ``out_html``'s folder, so the results folder can be moved or served as a whole.
     ``artifacts``, when given, names the folders that also receive the page's tables, figures and
     images as files (report/artifacts.py).
@@ -118,8 +119,8 @@ def build_report(
             prompt_set,
             trained=name != base,
             notes=notes,
-            benchmarks_dir=benchmarks_dir and Path(benchmarks_dir),
-            logs_dir=logs_dir and Path(logs_dir),
+            benchmark=Path(benchmarks[name]) if benchmarks and name in benchmarks else None,
+            job_log=Path(job_logs[name]) if job_logs and name in job_logs else None,
         )
         for name in _variant_order(run_dirs, knobs, base)
     ]
@@ -233,8 +234,8 @@ def cli(verb: str, argv: list[str]) -> int:
             variants=variants,
             provenance=read_json(args.provenance),
             prompt_set=args.prompt_set,
-            benchmarks_dir=args.benchmarks,
-            logs_dir=args.logs,
+            benchmarks={name: args.benchmarks / f"{name}.tsv" for name in knobs} if args.benchmarks else None,
+            job_logs={name: args.logs / f"{name}.log" for name in knobs} if args.logs else None,
             artifacts=ArtifactFolders.under(args.files) if args.files else None,
         )
     except (ValueError, FileNotFoundError) as err:

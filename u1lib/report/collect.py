@@ -57,10 +57,10 @@ def read_run(
     *,
     trained: bool,
     notes: list[str],
-    benchmarks_dir: Path | None = None,
-    logs_dir: Path | None = None,
+    benchmark: Path | None = None,
+    job_log: Path | None = None,
 ) -> Run:
-    """Read one run folder (and its benchmark and job log, when those folders are given)."""
+    """Read one run folder (and its job's Snakemake benchmark file and log, when given)."""
     run = Run(name=name, folder=folder, trained=trained)
     if not folder.is_dir():
         notes.append(f"{name}: run folder {folder} not found")
@@ -73,10 +73,10 @@ def read_run(
         _note_non_finite(run.train_log, "x0_mse", f"{name}: train_log.jsonl", notes)
         run.val_log = _optional_jsonl(folder / "val_log.jsonl", name, notes)
         _note_non_finite(run.val_log, "val_loss", f"{name}: val_log.jsonl", notes)
-        if benchmarks_dir is not None:
-            run.benchmark_s = read_benchmark(benchmarks_dir / f"{name}.tsv", name, notes)
-        if logs_dir is not None and (logs_dir / f"{name}.log").is_file():
-            run.job_log = logs_dir / f"{name}.log"
+        if benchmark is not None:
+            run.benchmark_s = read_benchmark(benchmark, name, notes)
+        if job_log is not None and job_log.is_file():
+            run.job_log = job_log
     _read_samples(run, folder / "samples" / prompt_set, notes)
     _read_previews(run, folder / "previews", notes)
     return run

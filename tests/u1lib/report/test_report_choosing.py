@@ -167,7 +167,14 @@ def test_links_are_relative_and_point_at_existing_files(tmp_path):
     logs.mkdir(parents=True)
     (logs / "x0-logit.log").write_text("log\n")
     out = tmp_path / "results" / "report.html"
-    build_report(run_dirs, out, variants=VARIANTS, provenance=PROVENANCE, prompt_set=PROMPT_SET, logs_dir=logs)
+    build_report(
+        run_dirs,
+        out,
+        variants=VARIANTS,
+        provenance=PROVENANCE,
+        prompt_set=PROMPT_SET,
+        job_logs={"x0-logit": logs / "x0-logit.log"},
+    )
     page = out.read_text(encoding="utf-8")
     hrefs = _hrefs(page)
     for href in hrefs:
