@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from u1lib.data.prompts import encode, special_token_id
+from u1lib.data.prompts import decode, encode, special_token_id
 from u1lib.model.u1 import PrefixKV, U1Model
 
 THINK_OPEN = "<think>\n"
@@ -48,7 +48,7 @@ class ThinkResult:
 
     def text(self, tokenizer) -> str:
         """The thought as text (control tokens such as a final ``</think>`` included)."""
-        return tokenizer.decode(self.token_ids)
+        return decode(tokenizer, self.token_ids)
 
 
 def think_prompt(cond_text: str) -> str:

@@ -61,26 +61,20 @@ def test_encode_never_adds_bos_or_eos(tmp_path):
     }
     (tmp_path / "tokenizer.json").write_text(json.dumps(config))
     with_processor = load_tokenizer(tmp_path)
-    assert with_processor.encode("a red fox")[0] == 128  # the processor is live ...
+    assert with_processor.encode("a red fox").ids[0] == 128  # the processor is live ...
     assert encode(with_processor, "a red fox") == encode(load_tokenizer(GOLDEN), "a red fox")  # ... but not used
 
 
-def test_tokenizer_config_gives_names_but_never_a_class(tmp_path):
+def test_tokenizer_config_is_never_read(tmp_path):
+    """Its class and auto_map would name code to run; tokenizer.json alone decides the ids."""
     shutil.copy(GOLDEN / "tokenizer.json", tmp_path / "tokenizer.json")
     (tmp_path / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "tokenizer_class": "Qwen2Tokenizer",
-                "auto_map": {"AutoTokenizer": ["remote.Tok", None]},
-                "eos_token": "<|im_end|>",
-                "pad_token": {"content": "<|endoftext|>"},
-                "bos_token": None,
-            }
-        )
+        json.dumps({"tokenizer_class": "Qwen2Tokenizer", "auto_map": {"AutoTokenizer": ["remote.Tok", None]}})
     )
     tokenizer = load_tokenizer(tmp_path)
-    assert (tokenizer.eos_token, tokenizer.pad_token, tokenizer.bos_token) == ("<|im_end|>", "<|endoftext|>", None)
     assert encode(tokenizer, UNCOND_TEXT) == [129, 122, 130, 129, 44, 133]
+    (tmp_path / "tokenizer_config.json").write_text("{ not json")
+    assert encode(load_tokenizer(tmp_path), UNCOND_TEXT) == [129, 122, 130, 129, 44, 133]
 
 
 def test_missing_tokenizer_file(tmp_path):

@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer, models
-from transformers import PreTrainedTokenizerFast
 
 from tests.conftest import DATA
 from u1lib.data.prompts import PromptSpec, cond_text, load_tokenizer
@@ -52,7 +51,7 @@ def test_tokens_from_the_tokenizer(tokens, golden):
     specials = json.loads((GOLDEN / "prompts.json").read_text())["special_token_ids"]
     assert (tokens.eos_id, tokens.think_end_id) == (specials["<|im_end|>"], specials["</think>"])
     assert tokens.append_ids == tuple(golden[2]["think"]["think"]["append_ids"])
-    bare = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0}, unk_token="a")))
+    bare = Tokenizer(models.WordLevel({"a": 0}, unk_token="a"))
     with pytest.raises(LookupError, match="no token '<\\|im_end\\|>'"):
         ThinkTokens.from_tokenizer(bare)
 
