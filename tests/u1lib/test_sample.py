@@ -18,6 +18,7 @@ from u1lib.model.loading import load_model
 from u1lib.model.sampling import initial_noise
 from u1lib.sample import Sampler, cli, sample_variant
 from u1lib.sample_settings import SampleSettings, load_prompts
+from u1lib.train.inputs import RunFiles
 from u1lib.train.loop import Trainer
 from u1lib.train.settings import TrainSettings
 
@@ -71,12 +72,14 @@ def test_upstream_lora_skip_list_is_the_same_in_training_and_sampling(tiny_works
     stack = {"path": str(tmp_path / "distill.safetensors"), "skip": ["fm_modules.fm_head"]}
     trainer = Trainer(
         TrainSettings.from_dict({"steps": 1, "lora": "mlp=r2a2", "upstream_lora": stack}),
-        snapshot_dir=ws["snapshot_dir"],
-        manifest_path=ws["manifest_path"],
-        train_parquet=ws["train_parquet"],
-        val_parquet=ws["val_parquet"],
-        cache_dir=ws["cache_dir"],
-        run_dir=tmp_path / "run",
+        RunFiles(
+            snapshot_dir=ws["snapshot_dir"],
+            manifest_path=ws["manifest_path"],
+            train_parquet=ws["train_parquet"],
+            run_dir=tmp_path / "run",
+            val_parquet=ws["val_parquet"],
+            cache_dir=ws["cache_dir"],
+        ),
     )
     sampler = Sampler(ws["snapshot_dir"], SampleSettings.from_dict({"upstream_lora": stack}), PromptSpec())
     trained = dict(trainer.model.named_parameters())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -11,6 +12,19 @@ from u1lib.cache import PrefixCacheReader
 from u1lib.data.reader import PackedDataset
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """What one training run reads, and the folder it owns: the trainer, the train verb and the
+    launcher of several ranks hand these on as one."""
+
+    snapshot_dir: Path
+    manifest_path: Path
+    train_parquet: Path
+    run_dir: Path
+    val_parquet: Path | None = None  # None: the validation loss is measured on training images
+    cache_dir: Path | None = None  # None only with train.memory_mode online_prefix
 
 
 def open_data(train_parquet: Path, val_parquet: Path | None) -> tuple[PackedDataset, PackedDataset, str]:

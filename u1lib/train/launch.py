@@ -5,53 +5,26 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import yaml
 
 from u1lib.io import write_text
+from u1lib.train.cli import file_arguments
+from u1lib.train.inputs import RunFiles
 from u1lib.train.loop import train
 
 
-def run_training(
-    settings: dict,
-    *,
-    gpus: int,
-    snapshot_dir,
-    manifest_path,
-    train_parquet,
-    val_parquet,
-    cache_dir,
-    run_dir,
-    prompt=None,
-    on_incompatible: str = "refuse",
-) -> None:
+def run_training(settings: dict, files: RunFiles, *, gpus: int, prompt=None, on_incompatible: str = "refuse") -> None:
     """``gpus`` > 1 starts one data-parallel rank per GPU (torchrun --standalone) on the same run folder."""
-    paths = dict(
-        snapshot_dir=snapshot_dir,
-        manifest_path=manifest_path,
-        train_parquet=train_parquet,
-        val_parquet=val_parquet,
-        cache_dir=cache_dir,
-        run_dir=run_dir,
-    )
     if gpus <= 1:
-        train(settings, prompt=prompt, on_incompatible=on_incompatible, **paths)
+        train(settings, prompt=prompt, on_incompatible=on_incompatible, **asdict(files))
         return
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = run_dir / "launch.yaml"
+    files.run_dir.mkdir(parents=True, exist_ok=True)
+    config = files.run_dir / "launch.yaml"
     write_text(config, yaml.safe_dump({"train": settings, "prompt": prompt or {}}, sort_keys=True))
-    flags = {
-        "--snapshot": snapshot_dir,
-        "--manifest": manifest_path,
-        "--train-data": train_parquet,
-        "--val-data": val_parquet,
-        "--cache": cache_dir,
-        "--run-dir": run_dir,
-    }
-    args = [str(a) for flag, value in flags.items() if value is not None for a in (flag, value)]
-    args += ["--on-incompatible", on_incompatible]
+    args = [*file_arguments(files), "--on-incompatible", on_incompatible]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
     package_root = str(Path(__file__).resolve().parents[2])  # ranks import this same u1lib
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}

@@ -26,6 +26,7 @@ from u1lib.train import checkpoint as ckpt
 from u1lib.train import state
 from u1lib.train.distributed import init_from_env
 from u1lib.train.file_writer import BackgroundWriter
+from u1lib.train.inputs import RunFiles
 from u1lib.train.lineage import run_lineage
 from u1lib.train.metrics import THistogram
 from u1lib.train.monitor import RunMonitor
@@ -51,27 +52,15 @@ class Trainer:
     """One run: ``__init__`` sets it up in named steps (each needs the ones before), :meth:`fit`
     trains or resumes, :meth:`save` delivers."""
 
-    def __init__(
-        self,
-        s: TrainSettings,
-        *,
-        snapshot_dir,
-        manifest_path,
-        train_parquet,
-        val_parquet,
-        cache_dir,
-        run_dir,
-        prompt=None,
-        on_incompatible: str = "refuse",
-    ):
+    def __init__(self, s: TrainSettings, files: RunFiles, *, prompt=None, on_incompatible: str = "refuse"):
         self.clock = JobClock()
-        self.s, self.run_dir, self.on_incompatible = s, Path(run_dir), on_incompatible
+        self.s, self.run_dir, self.on_incompatible = s, Path(files.run_dir), on_incompatible
         self.checkpoints = self.run_dir / ckpt.FOLDER
         self.run_config = {"train": s.to_dict(), "prompt": prompt or {}}
         with self.clock.phase("inputs"):
             self._join_ranks()
-            snapshot_dir = require_verified(manifest_path, snapshot_dir)  # a snapshot that changed is refused
-            inputs = open_inputs(s, manifest_path, train_parquet, val_parquet, cache_dir, self.device, self.base_dtype)
+            snapshot_dir = require_verified(files.manifest_path, files.snapshot_dir)  # a changed snapshot is refused
+            inputs = open_inputs(s, files, self.device, self.base_dtype)
         self.manifest, self.train_data, self.val_data = inputs.manifest, inputs.train_data, inputs.val_data
         self.val_source = inputs.val_source
         with self.clock.phase("load"):
@@ -293,33 +282,25 @@ def train(
     snapshot_dir,
     manifest_path,
     train_parquet,
-    val_parquet,
-    cache_dir,
     run_dir,
+    val_parquet=None,
+    cache_dir=None,
     prompt=None,
     on_incompatible: str = "refuse",
 ) -> dict:
     """Train (or resume) one run; writes adapter.safetensors, metrics.json, config.json and the logs.
 
-    ``on_incompatible``: what to do with checkpoints this run cannot continue from (other settings,
-    data, model or engine code, or past ``steps``): ``refuse`` (name the reason and stop) or
-    ``restart`` (move them aside and start over; the workflow's choice, since Snakemake reruns a
-    job exactly when such an input changed). One process (the main rank) holds the run folder.
+    The paths are :class:`~u1lib.train.inputs.RunFiles`' fields. ``on_incompatible``: what to do with
+    checkpoints this run cannot continue from (other settings, data, model or engine code, or past
+    ``steps``): ``refuse`` (name the reason and stop) or ``restart`` (move them aside and start over;
+    the workflow's choice, since Snakemake reruns a job exactly when such an input changed). One
+    process (the main rank) holds the run folder.
     """
     s = TrainSettings.from_dict(settings)
-    run_dir = Path(run_dir)
-    lock = run_lock(run_dir) if init_from_env().is_main else contextlib.nullcontext()
+    optional = [None if path is None else Path(path) for path in (val_parquet, cache_dir)]
+    files = RunFiles(Path(snapshot_dir), Path(manifest_path), Path(train_parquet), Path(run_dir), *optional)
+    lock = run_lock(files.run_dir) if init_from_env().is_main else contextlib.nullcontext()
     with lock:
-        trainer = Trainer(
-            s,
-            snapshot_dir=snapshot_dir,
-            manifest_path=manifest_path,
-            train_parquet=train_parquet,
-            val_parquet=val_parquet,
-            cache_dir=cache_dir,
-            run_dir=run_dir,
-            prompt=prompt,
-            on_incompatible=on_incompatible,
-        )
+        trainer = Trainer(s, files, prompt=prompt, on_incompatible=on_incompatible)
         trainer.fit()
         return trainer.save()

@@ -17,7 +17,7 @@ from u1lib.lora.spec import TrainableSurface
 from u1lib.model.loading import load_model
 from u1lib.model.offload import apply_memory_plan
 from u1lib.model.u1 import U1Model
-from u1lib.train.inputs import open_cache, open_data
+from u1lib.train.inputs import RunFiles, open_cache, open_data
 from u1lib.train.objectives import image_weights
 from u1lib.train.prefetch import BatchPrefetcher
 from u1lib.train.settings import TrainSettings
@@ -32,16 +32,14 @@ class RunInputs:
     cache: PrefixCacheReader | None  # None outside resident mode
 
 
-def open_inputs(
-    s: TrainSettings, manifest_path, train_parquet, val_parquet, cache_dir, device: torch.device, dtype: torch.dtype
-) -> RunInputs:
+def open_inputs(s: TrainSettings, files: RunFiles, device: torch.device, dtype: torch.dtype) -> RunInputs:
     """The data, and the prefix cache when resident: opened before the model loads, so they fail fast."""
-    manifest = read_json(manifest_path)
-    train_data, val_data, val_source = open_data(Path(train_parquet), val_parquet)
+    manifest = read_json(files.manifest_path)
+    train_data, val_data, val_source = open_data(Path(files.train_parquet), files.val_parquet)
     cache = None
     if s.memory_mode == "resident":
         held_out = [val_data] if val_source == "held-out" else []
-        cache = open_cache(cache_dir, manifest=manifest, data=[train_data, *held_out], device=device, dtype=dtype)
+        cache = open_cache(files.cache_dir, manifest=manifest, data=[train_data, *held_out], device=device, dtype=dtype)
     return RunInputs(manifest, train_data, val_data, val_source, cache)
 
 

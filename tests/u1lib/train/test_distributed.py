@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from u1lib.io import read_jsonl
+from u1lib.train.inputs import RunFiles
 from u1lib.train.launch import run_training
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -76,7 +77,9 @@ def _launch(ws, run_dir: Path, nproc: int, settings: dict):
 @pytest.mark.integration
 def test_two_ranks_match_one_process_and_resume_on_one(tiny_workspace, tmp_path):
     _launch(tiny_workspace, tmp_path / "one", 1, SETTINGS)
-    run_training(SETTINGS, gpus=2, run_dir=tmp_path / "two", **_paths(tiny_workspace))  # what the train rule does
+    run_training(
+        SETTINGS, RunFiles(run_dir=tmp_path / "two", **_paths(tiny_workspace)), gpus=2
+    )  # as the train rule does
     one, two = (read_jsonl(tmp_path / name / "train_log.jsonl") for name in ("one", "two"))
     assert [r["step"] for r in two] == [1, 2, 3, 4]
     for a, b in zip(one, two):
