@@ -11,7 +11,7 @@ import yaml
 
 from u1lib.model.sampling import CFG_NORMS, SAMPLER_T_EPS
 from u1lib.names import check_name
-from u1lib.settings import from_section
+from u1lib.typed_config import from_section
 
 THINK_BUDGET = 1024  # upstream's think-mode default
 

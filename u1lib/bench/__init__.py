@@ -28,9 +28,9 @@ from u1lib.device import resolve_device
 from u1lib.io import read_json, write_json
 from u1lib.model.config import U1Config
 from u1lib.provenance import git_commit, versions
-from u1lib.settings import from_section
 from u1lib.train.distributed import init_from_env
 from u1lib.train.metrics import device_name
+from u1lib.typed_config import from_section
 
 
 def run_bench(settings: dict, out_json: Path) -> dict:

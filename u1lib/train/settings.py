@@ -7,10 +7,10 @@ import json
 from dataclasses import dataclass
 
 from u1lib.lora.io import FACTOR_DTYPES
-from u1lib.settings import from_section
 from u1lib.train.objectives import LOSS_TYPES, NOISE_SCALES, TOKEN_WEIGHTINGS
 from u1lib.train.previews import PreviewSettings
 from u1lib.train.timesteps import T_DISTS
+from u1lib.typed_config import from_section
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ import yaml
 
 from u1lib.bench import Measure
 from u1lib.sample_settings import SampleSettings
-from u1lib.settings import from_section
 from u1lib.train.settings import TrainSettings
+from u1lib.typed_config import from_section
 
 
 def test_unknown_keys_are_named_with_their_section():
