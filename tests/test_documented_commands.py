@@ -56,6 +56,8 @@ EXEMPT = {
     "pip install snakemake-executor-plugin-kubernetes snakemake-storage-plugin-s3": "needs a cluster",
     # needs 4 GPUs and ends in `...`; tests/u1lib/train/test_distributed.py runs torch.distributed.run on CPU ranks
     "torchrun --nproc_per_node=4 -m u1lib train ...": "needs 4 GPUs",
+    # the same verb with --gpus 2 runs on two CPU (gloo) ranks in tests/u1lib/train/test_distributed.py
+    "python -m u1lib train ... --gpus 4": "needs 4 GPUs",
     # writes a 35 GB random snapshot and trains the 8B model: a GPU run; its figures are in
     # docs/BENCHMARKS.md, and the workflow it drives is dry-run above and run on the tiny model
     "python tests/gpu/workflow_8b.py": "needs a GPU with about 30 GB",

@@ -1,4 +1,6 @@
-"""``python -m u1lib train CONFIG.yaml --snapshot ... --run-dir DIR``: the verb the train rule's function serves."""
+"""``python -m u1lib train CONFIG.yaml --snapshot ... --run-dir DIR [--gpus N]``: the train rule's entry
+point (``run_training``) with the same arguments; with ``--gpus N`` each of torchrun's ranks runs this
+verb again with one GPU."""
 
 from __future__ import annotations
 
@@ -10,24 +12,8 @@ import yaml
 
 from u1lib.device import use_compile_cache
 from u1lib.train.inputs import RunFiles
-from u1lib.train.loop import train
+from u1lib.train.launch import FILE_FLAGS, run_training
 from u1lib.train.resume import ON_INCOMPATIBLE
-
-# each RunFiles field's flag: (flag, help); the fields without a default are required
-FILE_FLAGS = {
-    "snapshot_dir": ("--snapshot", "the model snapshot folder"),
-    "manifest_path": ("--manifest", "the snapshot's manifest.json"),
-    "train_parquet": ("--train-data", "train.parquet"),
-    "val_parquet": ("--val-data", "val.parquet (default: the loss on a fixed subset of train)"),
-    "cache_dir": ("--cache", "prefix cache dir (not needed with memory_mode online_prefix)"),
-    "run_dir": ("--run-dir", "the run folder (checkpoints, logs, adapters)"),
-}
-
-
-def file_arguments(files: RunFiles) -> list[str]:
-    """``files`` as this verb's flags, for a launcher that starts it in other processes."""
-    values = {field.name: getattr(files, field.name) for field in fields(RunFiles)}
-    return [str(a) for name, (flag, _) in FILE_FLAGS.items() if values[name] is not None for a in (flag, values[name])]
 
 
 def cli(verb: str, argv: list[str]) -> int:
@@ -37,6 +23,9 @@ def cli(verb: str, argv: list[str]) -> int:
     for name, (flag, help_text) in FILE_FLAGS.items():
         parser.add_argument(flag, dest=name, metavar="PATH", type=Path, required=name in required, help=help_text)
     parser.add_argument(
+        "--gpus", type=int, default=1, help="data-parallel ranks, one per GPU (torchrun on this host; default 1)"
+    )
+    parser.add_argument(
         "--on-incompatible",
         choices=ON_INCOMPATIBLE,
         default="refuse",
@@ -44,6 +33,8 @@ def cli(verb: str, argv: list[str]) -> int:
     )
     parser.add_argument("--compile-cache", type=Path, help="torch.compile's caches; jobs sharing it compile once")
     args = parser.parse_args(argv)
+    if args.gpus < 1:
+        parser.error(f"--gpus {args.gpus}: give 1 or more")
     if args.compile_cache:
         use_compile_cache(args.compile_cache)
     try:
@@ -52,6 +43,8 @@ def cli(verb: str, argv: list[str]) -> int:
         raise ValueError(f"{args.config}: cannot read the training config ({err})") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("train", {}), dict):
         raise ValueError(f"{args.config}: expected a mapping with a `train:` section, e.g. `train: {{steps: 200}}`")
-    paths = {name: getattr(args, name) for name in FILE_FLAGS}
-    train(raw.get("train", {}), prompt=raw.get("prompt"), on_incompatible=args.on_incompatible, **paths)
+    files = RunFiles(**{name: getattr(args, name) for name in FILE_FLAGS})
+    run_training(
+        raw.get("train", {}), files, gpus=args.gpus, prompt=raw.get("prompt"), on_incompatible=args.on_incompatible
+    )
     return 0

@@ -11,9 +11,24 @@ from pathlib import Path
 import yaml
 
 from u1lib.io import write_text
-from u1lib.train.cli import file_arguments
 from u1lib.train.inputs import RunFiles
 from u1lib.train.loop import train
+
+# each RunFiles field's flag: (flag, help); the fields without a default are required
+FILE_FLAGS = {
+    "snapshot_dir": ("--snapshot", "the model snapshot folder"),
+    "manifest_path": ("--manifest", "the snapshot's manifest.json"),
+    "train_parquet": ("--train-data", "train.parquet"),
+    "val_parquet": ("--val-data", "val.parquet (default: the loss on a fixed subset of train)"),
+    "cache_dir": ("--cache", "prefix cache dir (not needed with memory_mode online_prefix)"),
+    "run_dir": ("--run-dir", "the run folder (checkpoints, logs, adapters)"),
+}
+
+
+def file_arguments(files: RunFiles) -> list[str]:
+    """``files`` as this verb's flags, for a launcher that starts it in other processes."""
+    values = asdict(files)
+    return [str(a) for name, (flag, _) in FILE_FLAGS.items() if values[name] is not None for a in (flag, values[name])]
 
 
 def run_training(settings: dict, files: RunFiles, *, gpus: int, prompt=None, on_incompatible: str = "refuse") -> None:

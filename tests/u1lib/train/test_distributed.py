@@ -14,8 +14,6 @@ import pytest
 import yaml
 
 from u1lib.io import read_jsonl
-from u1lib.train.inputs import RunFiles
-from u1lib.train.launch import run_training
 
 ROOT = Path(__file__).resolve().parents[3]
 SETTINGS = {
@@ -31,18 +29,15 @@ SETTINGS = {
 }
 
 
-def _paths(ws) -> dict:
-    keys = ("snapshot_dir", "manifest_path", "train_parquet", "val_parquet", "cache_dir")
-    return {k: ws[k] for k in keys}
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def _launch(ws, run_dir: Path, nproc: int, settings: dict):
+def _launch(ws, run_dir: Path, nproc: int, settings: dict, *, verb_gpus: int | None = None):
+    """torchrun with ``nproc`` ranks, each running the train verb; or, with ``verb_gpus``, the verb
+    itself with ``--gpus`` (which starts torchrun the way the train rule does)."""
     config = run_dir.parent / f"{run_dir.name}.yaml"
     config.write_text(yaml.safe_dump({"train": settings}))
     args = [
@@ -69,6 +64,8 @@ def _launch(ws, run_dir: Path, nproc: int, settings: dict):
         str(_free_port()),
     ]
     cmd = [*launcher, "-m", "u1lib", "train", str(config), *map(str, args)]
+    if verb_gpus is not None:
+        cmd = [sys.executable, "-m", "u1lib", "train", str(config), *map(str, args), "--gpus", str(verb_gpus)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -77,9 +74,7 @@ def _launch(ws, run_dir: Path, nproc: int, settings: dict):
 @pytest.mark.integration
 def test_two_ranks_match_one_process_and_resume_on_one(tiny_workspace, tmp_path):
     _launch(tiny_workspace, tmp_path / "one", 1, SETTINGS)
-    run_training(
-        SETTINGS, RunFiles(run_dir=tmp_path / "two", **_paths(tiny_workspace)), gpus=2
-    )  # as the train rule does
+    _launch(tiny_workspace, tmp_path / "two", 2, SETTINGS, verb_gpus=2)  # the verb starts torchrun, as the rule does
     one, two = (read_jsonl(tmp_path / name / "train_log.jsonl") for name in ("one", "two"))
     assert [r["step"] for r in two] == [1, 2, 3, 4]
     for a, b in zip(one, two):
