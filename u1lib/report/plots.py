@@ -34,6 +34,25 @@ def _figure(height: float = 4.2, width: float = _WIDTH) -> Figure:
     return fig
 
 
+def _plot_series(
+    ax, series: dict[str, tuple[list[float], list[float]]], styles: dict[str, Style], *, markersize, linewidth
+) -> None:
+    """One line per variant in its colour and marker, dashed where it would hide another."""
+    linestyles = overlap_styles(series, styles)
+    for name, (xs, ys) in series.items():
+        style = styles[name]
+        ax.plot(
+            xs,
+            ys,
+            color=style.color,
+            marker=style.marker,
+            markersize=markersize,
+            linewidth=linewidth,
+            linestyle=linestyles[name],
+            label=name,
+        )
+
+
 def _style_axes(ax, title: str, xlabel: str, ylabel: str) -> None:
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel)
@@ -182,19 +201,7 @@ def validation_loss(runs: list[Run], styles: dict[str, Style], base: float | Non
     _style_axes(
         ax, "validation loss (x0-MSE; the same images, t grid and noise at every validation)", "step", "validation loss"
     )
-    linestyles = overlap_styles(curves, styles)
-    for name, (steps, losses) in curves.items():
-        style = styles[name]
-        ax.plot(
-            steps,
-            losses,
-            color=style.color,
-            marker=style.marker,
-            markersize=4,
-            linewidth=1.4,
-            linestyle=linestyles[name],
-            label=name,
-        )
+    _plot_series(ax, curves, styles, markersize=4, linewidth=1.4)
     trained = [v for steps, losses in curves.values() for s, v in zip(steps, losses) if s > 0]
     shown = trained or [v for _, losses in curves.values() for v in losses]
     low, high = zoom_limits(shown)
@@ -255,19 +262,7 @@ def per_t_relative(runs: list[Run], standings: dict[str, Standing], styles: dict
         "change from base model (%)",
     )
     ax.axhline(0, color=BASE_COLOR, linestyle="--", linewidth=1.0, label="base model")
-    linestyles = overlap_styles(found, styles)
-    for name, (ts, change) in found.items():
-        style = styles[name]
-        ax.plot(
-            ts,
-            change,
-            color=style.color,
-            marker=style.marker,
-            markersize=6,
-            linewidth=1.3,
-            linestyle=linestyles[name],
-            label=name,
-        )
+    _plot_series(ax, found, styles, markersize=6, linewidth=1.3)
     all_ts = sorted({t for ts, _ in found.values() for t in ts})
     ax.set_xticks(all_ts, [f"{t:g}" for t in all_ts])
     ax.set_ylim(*zoom_limits([c for _, change in found.values() for c in change]))
