@@ -21,11 +21,18 @@ from u1lib.train.run_folder import TRAIN_LOG, VAL_LOG
 
 TENSORBOARD_DIR = "tensorboard"
 TRAIN_SCALARS = ("loss", "x0_mse", "v_mse", "lr", "grad_norm", "images_per_s")
+# TensorBoard's event writer checksums every byte in Python: a 1024² preview costs it ~0.5 s on a
+# CI core against ~0.15 s at this size. The full-size images stay in previews/ and in the report.
+TENSORBOARD_IMAGE_SIDE = 512
 
 
-def _png_array(png: bytes) -> np.ndarray:
+def _png_array(png: bytes, max_side: int | None = None) -> np.ndarray:
+    """[H, W, 3] uint8; with ``max_side``, shrunk (aspect kept) so that neither side exceeds it."""
     with Image.open(io.BytesIO(png)) as image:
-        return np.array(image.convert("RGB"))  # [H, W, 3] uint8
+        rgb = image.convert("RGB")
+    if max_side is not None:
+        rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return np.array(rgb)
 
 
 class Trackers:
@@ -101,13 +108,13 @@ class Trackers:
             self.wandb.log(values, step=step)
 
     def _images(self, step: int, images: list[tuple[dict, bytes]], wandb: bool) -> None:
-        arrays = {f"preview/{r['file'].removesuffix('.png')}": (r, _png_array(png)) for r, png in images}
+        tagged = {f"preview/{r['file'].removesuffix('.png')}": (r, png) for r, png in images}
         if self.writer is not None:
-            for tag, (_, array) in arrays.items():
-                self.writer.add_image(tag, array, step, dataformats="HWC")
+            for tag, (_, png) in tagged.items():
+                self.writer.add_image(tag, _png_array(png, TENSORBOARD_IMAGE_SIDE), step, dataformats="HWC")
             self.writer.flush()
         if wandb and self.wandb is not None:
             import wandb as wandb_module
 
-            logged = {tag: wandb_module.Image(array, caption=r["prompt"]) for tag, (r, array) in arrays.items()}
+            logged = {tag: wandb_module.Image(_png_array(png), caption=r["prompt"]) for tag, (r, png) in tagged.items()}
             self.wandb.log(logged, step=step)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
+from PIL import Image
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -122,6 +125,17 @@ def test_tensorboard_events_hold_the_run(straight):
     assert any(tag.startswith("val/x0_mse_t") for tag in events.Tags()["scalars"])
     images = events.Images("preview/00_seed0")
     assert [i.step for i in images] == [0, 3, 6]
+    preview = Image.open(run_dir / "previews" / "step-00000000" / "00_seed0.png")
+    assert (images[0].width, images[0].height) == preview.size  # small previews keep their size
+
+
+def test_tensorboard_shrinks_large_previews_only(tmp_path):
+    from u1lib.train.tracking import TENSORBOARD_IMAGE_SIDE, _png_array
+
+    large = io.BytesIO()
+    Image.new("RGB", (2048, 1024), (200, 10, 10)).save(large, format="PNG")
+    assert _png_array(large.getvalue(), TENSORBOARD_IMAGE_SIDE).shape == (256, 512, 3)  # aspect kept
+    assert _png_array(large.getvalue()).shape == (1024, 2048, 3)
 
 
 def test_a_killed_run_resumes_to_the_same_outputs(tiny_workspace, straight, tmp_path, monkeypatch):
