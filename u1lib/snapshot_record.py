@@ -9,7 +9,7 @@ from u1lib.io import read_json, write_json
 from u1lib.model.config import ConfigError, U1Config
 from u1lib.snapshot import (
     SnapshotError,
-    digest,
+    digest_files,
     listed_files,
     location,
     manifest_hash,
@@ -37,10 +37,10 @@ def write_manifest(
     """
     folder, manifest_path = Path(folder), Path(manifest_path)
     trusted = stamped_files(manifest_path, folder)
-    files, stats = [], {}
-    for rel in listed_files(folder):
-        sha, stats[rel] = digest(folder / rel, trusted.get(rel))
-        files.append({"path": rel, "size": stats[rel][0], "sha256": sha})
+    rels, stats, files = listed_files(folder), {}, []
+    for rel, (sha, stat) in zip(rels, digest_files(folder, rels, trusted)):
+        stats[rel] = stat
+        files.append({"path": rel, "size": stat[0], "sha256": sha})
     if not files:
         raise SnapshotError(f"{folder}: no files to put in a manifest (did the download or build fail?)")
     manifest = {

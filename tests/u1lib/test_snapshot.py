@@ -560,3 +560,21 @@ def test_verify_verb_reports_a_changed_file(tmp_path, capsys):
         handle.write(" ")
     assert main(args) == 1
     assert "config.json" in capsys.readouterr().err
+
+
+def test_files_are_hashed_several_at_a_time_and_problems_come_in_manifest_order(tmp_path):
+    from u1lib.io import sha256_file
+    from u1lib.snapshot import check_files, digest_files
+
+    names = [f"shard-{k}.bin" for k in range(6)]
+    for k, name in enumerate(names):
+        (tmp_path / name).write_bytes(bytes([k]) * (1 << 16))
+    hashed = digest_files(tmp_path, names, {})
+    assert [sha for sha, _ in hashed] == [sha256_file(tmp_path / name) for name in names]
+    entries = [{"path": name, "size": 1 << 16, "sha256": sha} for name, (sha, _) in zip(names, hashed)]
+    (tmp_path / names[4]).write_bytes(b"\xff" * (1 << 16))  # same size, other content
+    (tmp_path / names[1]).unlink()
+    failed, stats = check_files(tmp_path, entries, {})
+    assert list(failed) == [names[1], names[4]]
+    assert "missing" in failed[names[1]] and "sha256" in failed[names[4]]
+    assert sorted(stats) == sorted(set(names) - {names[1], names[4]})
