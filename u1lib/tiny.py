@@ -9,7 +9,7 @@ Weights (``weights``, the workflow's ``model.tiny_weights``):
   few CPU minutes on generated shape images (u1lib/tiny_pretrain.py says how and why), so that base
   samples show structure and a LoRA's effect is visible. They grew from the seed-0 random draw, so
   they exist for ``variant`` u1 and ``seed`` 0 only; anything else asked of them is an error.
-- ``random``: every weight drawn from ``seed`` (:func:`random_weights`), as before the pretrained
+- ``random``: every weight drawn from ``seed`` (tiny_weights.random_weights), as before the pretrained
   weights existed; the golden parity data use this recipe.
 - ``auto`` (the default): ``pretrained`` where it exists (u1 at seed 0), else ``random``. So the
   default model is the pretrained one, the u15 and a3b variants stay random, and another seed is
@@ -23,7 +23,6 @@ what reads the model), and a changed or damaged file is refused.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import torch
@@ -34,6 +33,7 @@ from u1lib.model.config import U1Config
 from u1lib.model.keys import parameter_shapes
 from u1lib.tiny_config import VARIANTS, tiny_config_dict
 from u1lib.tiny_tokenizer import tokenizer_config_dict, train_tokenizer, vocab_size_of
+from u1lib.tiny_weights import random_weights
 
 WEIGHTS = ("auto", "pretrained", "random")
 
@@ -42,33 +42,6 @@ PRETRAINED_FILE = Path(__file__).resolve().parent / "model" / "tiny_u1_pretraine
 # `python -m u1lib tiny --pretrain u1lib/model/tiny_u1_pretrained.safetensors`
 PRETRAINED_SHA256 = "9ff52c66efb549bc60c4390aad61ba7523ac95d17b47a139769652b1070b9727"
 PRETRAINED_SEED = 0  # the random draw the pretraining started from
-
-
-def init_like(key: str, noise: torch.Tensor) -> torch.Tensor:
-    """A parameter drawn from standard-normal ``noise`` the way a trainable random model is drawn:
-    weights (>= 2-D) N(0, 1/fan_in), biases N(0, 0.05^2), norm weights 1 + N(0, 0.1^2).
-
-    Norms near 1 keep activations alive through every layer, so a loss on such a model moves when
-    an adapter learns (norms near 0 make it flat). Shared by the tiny model and the random
-    full-size snapshot of the GPU checks.
-    """
-    if "norm" in key:
-        return 1 + 0.1 * noise
-    if noise.dim() == 1:
-        return 0.05 * noise
-    fan_in = math.prod(noise.shape) // noise.shape[0]
-    return noise * (1 / math.sqrt(fan_in))
-
-
-def random_weights(cfg: U1Config, seed: int) -> dict[str, torch.Tensor]:
-    """Every parameter of ``cfg``, float32, drawn in sorted-key order from one CPU generator with
-    :func:`init_like`: the recipe of the golden data, which this reproduces bit for bit at its seed.
-    """
-    generator = torch.Generator("cpu").manual_seed(seed)
-    return {
-        key: init_like(key, torch.randn(shape, generator=generator, dtype=torch.float32))
-        for key, shape in parameter_shapes(cfg).items()
-    }
 
 
 def resolve_weights(weights: str, variant: str, seed: int) -> str:

@@ -33,9 +33,9 @@ from u1lib.data.prompts import UNCOND_TEXT, PromptSpec, cond_text
 from u1lib.io import save_safetensors, sha256_file, write_json
 from u1lib.model.config import U1Config
 from u1lib.model.u1 import PrefixKV, U1Model
-from u1lib.tiny import random_weights
 from u1lib.tiny_config import tiny_config_dict
 from u1lib.tiny_tokenizer import train_tokenizer, vocab_size_of
+from u1lib.tiny_weights import random_weights
 from u1lib.train.objectives import flow_loss
 from u1lib.train.optim import make_optimizer, set_lr
 from u1lib.train.settings import TrainSettings

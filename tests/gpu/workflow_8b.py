@@ -2,7 +2,7 @@
 
     python tests/gpu/workflow_8b.py [--snapshot /dev/shm/u1-8b-random] [--steps 40]
 
-Writes a random full-size snapshot unless one is there (weights drawn like u1lib.tiny.init_like:
+Writes a random full-size snapshot unless one is there (weights drawn like u1lib.tiny_weights.init_like:
 norms near 1, so training visibly lowers the loss), then runs, from the repository root,
 
     snakemake --cores N results/report.html --configfile config/u1-8b.yaml OVERLAY

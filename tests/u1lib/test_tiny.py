@@ -12,9 +12,10 @@ from transformers import PreTrainedTokenizerFast
 
 from u1lib.model.config import U1Config
 from u1lib.model.keys import parameter_shapes
-from u1lib.tiny import build_tiny_snapshot, cli, random_weights
+from u1lib.tiny import build_tiny_snapshot, cli
 from u1lib.tiny_config import tiny_config_dict
 from u1lib.tiny_tokenizer import SPECIAL_TOKENS
+from u1lib.tiny_weights import random_weights
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden_u1_tiny_a"
 SNAPSHOT_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}

@@ -19,10 +19,10 @@ from u1lib.tiny import (
     PRETRAINED_SHA256,
     build_tiny_snapshot,
     pretrained_weights,
-    random_weights,
     resolve_weights,
 )
 from u1lib.tiny_pretrain import COLOURS, pretrain, shape_image
+from u1lib.tiny_weights import random_weights
 
 
 @pytest.fixture(scope="module")

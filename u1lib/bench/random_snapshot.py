@@ -16,12 +16,13 @@ def write_random_snapshot(out_dir: Path, config: Path = DEFAULT_CONFIG, shard_gi
     """A full-size snapshot on disk with random bf16 weights (sharded, indexed) and the tiny tokenizer.
 
     For timing what a real run pays to read weights (cold start) and for running the real workflow
-    on a GPU: weights follow tiny.init_like (norms near 1), so training visibly lowers the loss; the
+    on a GPU: weights follow tiny_weights.init_like (norms near 1), so training visibly lowers the loss; the
     tokenizer only has to produce valid ids. Tensors are drawn on the GPU when there is one, so
     writing is bounded by the disk.
     """
     from u1lib.model.keys import parameter_shapes
-    from u1lib.tiny import build_tiny_snapshot, init_like
+    from u1lib.tiny import build_tiny_snapshot
+    from u1lib.tiny_weights import init_like
 
     out_dir = Path(out_dir)
     build_tiny_snapshot(out_dir)
