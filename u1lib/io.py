@@ -116,27 +116,56 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def safetensors_bytes(tensors: dict, metadata: dict[str, str] | None = None) -> bytes:
-    """safetensors bytes that depend only on the content.
+def _deterministic_header(raw: bytes) -> bytes:
+    """A safetensors header's JSON with its metadata sorted, space-padded to the format's alignment.
 
     The library writes metadata from a hash map, so its order (and the file's bytes) changes from
     call to call; the header is re-serialised with the metadata sorted and laid out as the format
-    prescribes: its byte length as a little-endian u64, then UTF-8 JSON space-padded to a multiple
-    of 8 bytes (keeping the tensor buffer aligned). The length is recomputed, never assumed: any key
-    or value may change it. Data offsets count from the buffer's start, so they stay valid.
+    prescribes: UTF-8 JSON space-padded to a multiple of 8 bytes (keeping the tensor buffer
+    aligned). Its length is recomputed, never assumed: any key or value may change it. Data offsets
+    count from the buffer's start, so they stay valid.
     """
-    from safetensors.torch import save
-
-    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
-    size = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + size])
+    header = json.loads(raw)
     if "__metadata__" in header:
         header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    text += b" " * (-len(text) % _SAFETENSORS_ALIGNMENT)
+    return text + b" " * (-len(text) % _SAFETENSORS_ALIGNMENT)
+
+
+def _on_cpu(tensors: dict) -> dict:
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+
+def safetensors_bytes(tensors: dict, metadata: dict[str, str] | None = None) -> bytes:
+    """safetensors bytes that depend only on the content (:func:`_deterministic_header`)."""
+    from safetensors.torch import save
+
+    data = save(_on_cpu(tensors), metadata=metadata)
+    size = int.from_bytes(data[:8], "little")
+    text = _deterministic_header(data[8 : 8 + size])
     return len(text).to_bytes(8, "little") + text + data[8 + size :]
 
 
 def save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
-    """Atomic, deterministic safetensors write."""
-    write_bytes(path, safetensors_bytes(tensors, metadata))
+    """Atomic, deterministic safetensors write: the bytes of :func:`safetensors_bytes`.
+
+    The library writes the file itself, which releases the GIL (its in-memory ``save`` holds it
+    throughout, stalling a training thread beside a background write); the header is then put in
+    its deterministic order in place.
+    """
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(_on_cpu(tensors), str(tmp), metadata=metadata)
+        with open(tmp, "r+b") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            text = _deterministic_header(handle.read(size))
+            if len(text) == size:
+                handle.seek(8)
+                handle.write(text)
+            else:  # another length: the buffer moves behind the new header
+                body = handle.read()
+                handle.seek(0)
+                handle.write(len(text).to_bytes(8, "little") + text)
+                handle.write(body)
+                handle.truncate()

@@ -91,3 +91,18 @@ def test_matches_the_library_when_there_is_nothing_to_reorder(name):
 
     tensors = tensors_for([name])
     assert safetensors_bytes(tensors, {"only": name}) == save(tensors, metadata={"only": name})
+
+
+def test_a_written_file_is_the_deterministic_bytes_even_when_the_header_changes_length(tmp_path, monkeypatch):
+    import u1lib.io as io_module
+
+    tensors = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(4, dtype=torch.bfloat16)}
+    metadata = {"z": "1", "y": "2"}
+    save_safetensors(tmp_path / "same.safetensors", tensors, metadata)
+    assert (tmp_path / "same.safetensors").read_bytes() == safetensors_bytes(tensors, metadata)
+    real = io_module._deterministic_header
+    monkeypatch.setattr(io_module, "_deterministic_header", lambda raw: real(raw) + b" " * 8)  # 8 bytes longer
+    save_safetensors(tmp_path / "longer.safetensors", tensors, metadata)
+    assert (tmp_path / "longer.safetensors").read_bytes() == safetensors_bytes(tensors, metadata)
+    loaded = load_file(tmp_path / "longer.safetensors")
+    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
