@@ -41,7 +41,8 @@ def best_record(val_log: list[dict], up_to: int | None = None) -> dict | None:
 
 class AdapterFiles:
     def __init__(self, run_dir: Path, write: Callable[[Path, int], None], *, save_every: int):
-        """``write(path, step)`` saves the model's adapter as it is now."""
+        """``write(path, step)`` saves the model's adapter as it is now (the trainer queues it on its
+        background writer, so a file appears once the writer gets to it)."""
         self.run_dir, self.write, self.save_every = run_dir, write, save_every
         self.periodic_dir, self.best_dir = run_dir / PERIODIC_DIR, run_dir / BEST_DIR
 

@@ -47,14 +47,14 @@ class RunMonitor:
         logs: RunLogs,
         progress: TrainProgress,
         run_config: dict,
-        write_adapter: Callable[[Path, int], int],
+        write_adapter: Callable[[Path, int], None],
         capture: Callable[[], ckpt.TrainState],
         clock: JobClock,
         files: BackgroundWriter,
     ):
-        """``capture()`` is the run's full state for a checkpoint; ``write_adapter(path, step)`` saves
-        the adapter as it is now; ``clock`` receives the time of each kind of work; ``files`` writes
-        the checkpoints (and, through ``write_adapter``, the adapters) while training goes on."""
+        """``capture()`` is the run's full state for a checkpoint; ``write_adapter(path, step)`` queues
+        the adapter as it is now on ``files``, which also writes the checkpoints while training goes
+        on; ``clock`` receives the time of each kind of work."""
         self.s, self.dist, self.model, self.autocast, self.clock = s, dist, model, autocast, clock
         self.files = files
         self.logs, self.progress, self.capture = logs, progress, capture
