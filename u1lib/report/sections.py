@@ -82,10 +82,12 @@ def phases_block(phases: Table | None) -> str:
     return (
         html.heading("Inside each train job")
         + html.paragraph(
-            "metrics.json job_seconds: loading the weights, the first step (compilation and autotuning), the "
-            "other steps, validation, previews, periodic adapters, checkpoints and the final save; other: opening "
-            "the data and cache, the trainable surface and the trackers. The job wall time above adds starting "
-            "Python and the imports."
+            "metrics.json job_seconds, each phase counted once: opening the data and cache (inputs), loading "
+            "the weights, the trainable surface and optimizer, the batches, the prefixes, the lineage, the "
+            "monitor (trackers, previewer), the first step (compilation and autotuning), the other steps, "
+            "validation, previews, logs, copying adapters and checkpoints off the device (their files are "
+            "written in the background) and the final save; other: the rest. The job wall time above adds "
+            "starting Python and the imports."
         )
         + html.table(phases)
     )

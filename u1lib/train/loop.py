@@ -66,12 +66,13 @@ class Trainer:
         with self.clock.phase("load"):
             self.model, self.baked = load_base(s, snapshot_dir, self.device, self.base_dtype)
         self.t_eps = self.model.config.t_eps if s.t_eps is None else s.t_eps
-        with self.clock.phase("setup"):
+        with self.clock.phase("surface"):
             self.surface, self.trainable = make_surface(s, self.model)
             self.reducer = self.dist.gradient_reducer(list(self.trainable.values()))
             self.optimizer = make_optimizer(list(self.trainable.values()), s, self.device)
             self.ema = WeightEma(self.trainable, s.ema)
             self.files = BackgroundWriter()
+        with self.clock.phase("batches"):
             self.sampler, self.loader, self.weights = batches(
                 s, self.train_data, self.model.config.token_size, self.device
             )
@@ -85,8 +86,9 @@ class Trainer:
                 dtype=self.base_dtype,
                 device=self.device,
             )
-        with self.clock.phase("setup"):
+        with self.clock.phase("lineage"):
             self.lineage = run_lineage(s, self.manifest, self.train_data, inputs.cache, prompt)
+        with self.clock.phase("monitor"):
             self._step_0_state()
             self.monitor = self._make_monitor()
 

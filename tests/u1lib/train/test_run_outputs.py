@@ -105,7 +105,8 @@ def test_periodic_and_best_adapters(straight):
 def test_metrics_say_where_the_job_time_went(straight):
     _, metrics = straight
     seconds = metrics["job_seconds"]
-    phases = {"inputs", "load", "setup", "prefixes", "first_step", "steps", "validation", "previews", "adapters"}
+    phases = {"inputs", "load", "surface", "batches", "prefixes", "lineage", "monitor", "first_step", "steps"}
+    phases |= {"validation", "previews", "adapters"}
     phases |= {"checkpoints", "logs", "save", "other"}
     assert set(seconds) == {"total"} | phases
     assert all(v >= 0 for v in seconds.values())
