@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from u1lib.io import read_jsonl
+from u1lib.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[3]
 SETTINGS = {
@@ -94,14 +95,16 @@ def one_bucket_workspace(tiny_workspace, tmp_path_factory):
 @pytest.mark.integration
 def test_ranks_log_the_losses_of_one_process_and_resume_on_any_number(one_bucket_workspace, tmp_path):
     """The global batch and its random draws do not depend on the ranks. One run hops 2 ranks (the
-    verb's --gpus, as the train rule starts it) -> 8 ranks -> 1 rank, a checkpoint at each hop, and
-    logs the train and validation losses of one straight process."""
+    verb's --gpus, as the train rule starts it) -> 8 ranks -> one plain process, a checkpoint at each
+    hop, and logs the train and validation losses of one straight process."""
     settings = {**SETTINGS, "batch_size": 8}
-    _launch(one_bucket_workspace, tmp_path / "straight", 1, {**settings, "steps": 6})
+    ws = one_bucket_workspace
+    paths = {k: ws[k] for k in ("snapshot_dir", "manifest_path", "train_parquet", "val_parquet", "cache_dir")}
+    train({**settings, "steps": 6}, run_dir=tmp_path / "straight", **paths)  # one plain process
     run = tmp_path / "hopping"
-    _launch(one_bucket_workspace, run, 2, {**settings, "steps": 2}, verb_gpus=2)
-    _launch(one_bucket_workspace, run, 8, {**settings, "steps": 4})
-    _launch(one_bucket_workspace, run, 1, {**settings, "steps": 6})
+    _launch(ws, run, 2, {**settings, "steps": 2}, verb_gpus=2)
+    _launch(ws, run, 8, {**settings, "steps": 4})
+    train({**settings, "steps": 6}, run_dir=run, **paths)  # and back to one plain process
     straight, hopping = (read_jsonl(folder / "train_log.jsonl") for folder in (tmp_path / "straight", run))
     assert [r["step"] for r in hopping] == [1, 2, 3, 4, 5, 6]
     for a, b in zip(straight, hopping):
