@@ -6,8 +6,8 @@ The caller copies the tensors to the CPU first (the next step changes the live o
 hands over a function that writes the copy. Writes run one at a time in the order given, each still
 atomic (temporary name, fsync, rename), so a reader sees a file complete or not at all. At most one
 write waits behind the running one, which bounds the host memory the copies hold. A failed write is
-raised again at the next :meth:`submit` or :meth:`drain`, and the writes queued after it are
-skipped: a later file (a prune after a checkpoint, say) never lands on top of a missing one.
+raised at every later :meth:`submit` or :meth:`drain`, and no write after it runs: a later file (a
+prune after a checkpoint, say) never lands on top of a missing one.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class BackgroundWriter:
     def __init__(self, waiting: int = 1) -> None:
         """``waiting``: how many writes may queue behind the running one before :meth:`submit` blocks."""
         self._queue: queue.Queue = queue.Queue(maxsize=waiting)
-        self._failed: tuple[str, BaseException] | None = None
+        self._failed: BaseException | None = None
         self._thread: threading.Thread | None = None
 
     def submit(self, what: str, write: Callable[[], object]) -> None:
@@ -42,10 +42,7 @@ class BackgroundWriter:
 
     def _raise_failure(self) -> None:
         if self._failed is not None:
-            what, error = self._failed
-            self._failed = None
-            log.error("writing %s failed: %s", what, error)
-            raise error
+            raise self._failed
 
     def _work(self) -> None:
         while True:
@@ -56,6 +53,7 @@ class BackgroundWriter:
                 else:
                     log.warning("not writing %s: an earlier write failed", what)
             except BaseException as error:  # handed to the training thread, which decides
-                self._failed = (what, error)
+                log.error("writing %s failed: %s", what, error)
+                self._failed = error
             finally:
                 self._queue.task_done()

@@ -53,7 +53,7 @@ class Trainer:
     trains or resumes, :meth:`save` delivers."""
 
     def __init__(self, s: TrainSettings, files: RunFiles, *, prompt=None, on_incompatible: str = "refuse"):
-        self.clock = JobClock()
+        self.clock, self.writer = JobClock(), BackgroundWriter()
         self.s, self.run_dir, self.on_incompatible = s, Path(files.run_dir), on_incompatible
         self.checkpoints = self.run_dir / ckpt.FOLDER
         self.run_config = {"train": s.to_dict(), "prompt": prompt or {}}
@@ -71,7 +71,6 @@ class Trainer:
             self.reducer = self.dist.gradient_reducer(list(self.trainable.values()))
             self.optimizer = make_optimizer(list(self.trainable.values()), s, self.device)
             self.ema = WeightEma(self.trainable, s.ema)
-            self.files = BackgroundWriter()
         with self.clock.phase("batches"):
             self.sampler, self.loader, self.weights = batches(
                 s, self.train_data, self.model.config.token_size, self.device
@@ -124,7 +123,7 @@ class Trainer:
             write_adapter=self._write_adapter,
             capture=lambda: state.capture(self),
             clock=self.clock,
-            files=self.files,
+            writer=self.writer,
         )
 
     def autocast(self):
@@ -143,7 +142,7 @@ class Trainer:
 
     def _write_adapter(self, path: Path, step: int) -> None:
         tensors, metadata = self._adapter_now(step)
-        self.files.submit(str(path), lambda: write_adapter_file(path, tensors, metadata))
+        self.writer.submit(str(path), lambda: write_adapter_file(path, tensors, metadata))
 
     # fit ------------------------------------------------------------------------------------
     def _next_batch(self) -> list[int]:
@@ -202,7 +201,7 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, s.grad_clip if s.grad_clip else float("inf"))
         loss = float(stats[0])
         if not math.isfinite(loss) or not math.isfinite(float(grad_norm)):
-            self.files.drain()  # the checkpoint being written is the one to name
+            self.writer.drain()  # the checkpoint being written is the one to name
             newest = ckpt.list_checkpoints(self.checkpoints)
             where = newest[-1] if newest else "none (no checkpoint was written yet)"
             raise NonFiniteLoss(
@@ -268,7 +267,7 @@ class Trainer:
             self.ema.copy_to(self.trainable)  # the EMA weights are the deliverable when EMA is on
             adapter_path = self.run_dir / "adapter.safetensors"
             tensors, metadata = self._adapter_now(self.step)
-            self.files.drain()  # the periodic and best adapters land before the final one is chosen from
+            self.writer.drain()  # the periodic and best adapters land before the final one is chosen from
             adapter_bytes = write_adapter_file(adapter_path, tensors, metadata)
             best = self.monitor.finish(adapter_path)
         metrics = run_metrics(self, adapter_bytes=adapter_bytes, best_adapter=best)

@@ -50,13 +50,13 @@ class RunMonitor:
         write_adapter: Callable[[Path, int], None],
         capture: Callable[[], ckpt.TrainState],
         clock: JobClock,
-        files: BackgroundWriter,
+        writer: BackgroundWriter,
     ):
         """``capture()`` is the run's full state for a checkpoint; ``write_adapter(path, step)`` queues
-        the adapter as it is now on ``files``, which also writes the checkpoints while training goes
+        the adapter as it is now on ``writer``, which also writes the checkpoints while training goes
         on; ``clock`` receives the time of each kind of work."""
         self.s, self.dist, self.model, self.autocast, self.clock = s, dist, model, autocast, clock
-        self.files = files
+        self.writer = writer
         self.logs, self.progress, self.capture = logs, progress, capture
         self.checkpoints = run_dir / ckpt.FOLDER
         self.validator = Validator(
@@ -155,7 +155,7 @@ class RunMonitor:
         with self.clock.phase("checkpoints"):
             state = self.capture().on_cpu()
         val_log = list(self.logs.records[VAL_LOG])
-        self.files.submit(f"the checkpoint of step {state.step}", lambda: self._save_and_prune(state, val_log))
+        self.writer.submit(f"the checkpoint of step {state.step}", lambda: self._save_and_prune(state, val_log))
 
     def _save_and_prune(self, state: ckpt.TrainState, val_log: list[dict]) -> None:
         ckpt.save_checkpoint(self.checkpoints, state, keep=self.s.keep_checkpoints)
@@ -164,7 +164,7 @@ class RunMonitor:
 
     def finish(self, final_adapter: Path) -> dict:
         """``adapter_best.safetensors`` and the previews' index; returns metrics.json's ``best_adapter``."""
-        self.files.drain()
+        self.writer.drain()
         best = self.adapters.finish(self.logs.records[VAL_LOG], final_adapter)
         self.previewer.write_summary()
         return best
@@ -172,6 +172,6 @@ class RunMonitor:
     def close(self) -> None:
         """Let the files already handed over land (a stopped or failed run keeps its last checkpoint)."""
         try:
-            self.files.drain()
+            self.writer.drain()
         finally:
             self.trackers.close()
