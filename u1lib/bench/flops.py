@@ -97,6 +97,9 @@ def train_flops(
 
 
 def prefix_flops(cfg: U1Config, length: int) -> int:
-    """Understanding tower over one caption: linears + causal attention (half the square)."""
-    linear = 2 * tower_linear_params(cfg, "und") * length
-    return linear + attention_flops(cfg, length, length) // 2
+    """Understanding tower over one caption: linears + causal attention (half the square), the last
+    layer only up to its K and V projections (U1Model.prefix stops there)."""
+    last = cfg.num_hidden_layers - 1
+    skipped = attention_params(cfg) - 2 * cfg.hidden_size * cfg.head_dim * cfg.num_key_value_heads
+    linear = 2 * (tower_linear_params(cfg, "und") - skipped - mlp_params(cfg, last, "und")) * length
+    return linear + attention_flops(cfg, length, length) * last // cfg.num_hidden_layers // 2

@@ -106,11 +106,14 @@ class TwinAttention(nn.Module):
 
     def qkv(self, x: torch.Tensor, tower: str, angles: AxisAngles):
         """x: [B, S, hidden] -> q [B, H, S, D], k and v [B, H_kv, S, D] (k after norms + RoPE)."""
+        return self._normed_heads(x, "q", self.num_heads, tower, angles), *self.kv(x, tower, angles)
+
+    def kv(self, x: torch.Tensor, tower: str, angles: AxisAngles):
+        """x: [B, S, hidden] -> k and v [B, H_kv, S, D] alone (what a prefix cache keeps)."""
         b, s, _ = x.shape
-        q = self._normed_heads(x, "q", self.num_heads, tower, angles)
         k = self._normed_heads(x, "k", self.num_kv_heads, tower, angles)
         v = self._part("v_proj", tower)(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        return q, k, v
+        return k, v
 
     def output(self, attn: torch.Tensor, tower: str) -> torch.Tensor:
         b, _, s, _ = attn.shape
@@ -137,6 +140,10 @@ class DecoderLayer(nn.Module):
         q, k, v = self.self_attn.qkv(self.input_layernorm(h), "und", angles)
         h = h + self.self_attn.output(attend(q, k, v, causal=True), "und")
         return self._mlp_block(h, "und"), k, v
+
+    def kv_und(self, h: torch.Tensor, angles: AxisAngles):
+        """The layer's prefix (K, V) alone: for the last layer, whose output no cache needs."""
+        return self.self_attn.kv(self.input_layernorm(h), "und", angles)
 
     def forward_und_after(self, h: torch.Tensor, angles: AxisAngles, past_k, past_v):
         """Understanding step for tokens that follow a cached prefix (think decoding): returns the new

@@ -200,7 +200,8 @@ class U1Model(nn.Module):
     def prefix(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None, *, final_norm: bool = False):
         """Causal prefix over right-padded token ids [B, L] -> PrefixKV (and the normed hidden if asked).
 
-        Padding sits after each row's tokens, so causal attention keeps valid positions exact.
+        Padding sits after each row's tokens, so causal attention keeps valid positions exact. Without
+        ``final_norm`` the last layer stops at its K/V: its attention and MLP feed nothing kept.
         """
         b, length = input_ids.shape
         if lengths is None:
@@ -208,8 +209,12 @@ class U1Model(nn.Module):
         h = self.language_model.model.embed_tokens(input_ids)
         angles = self._angles(text_indexes(b, length, input_ids.device), h)
         keys, values = [], []
-        for layer in self.layers:
-            h, k, v = layer.forward_und(h, angles)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            if i == last and not final_norm:
+                k, v = layer.kv_und(h, angles)
+            else:
+                h, k, v = layer.forward_und(h, angles)
             keys.append(k)
             values.append(v)
         cache = PrefixKV(keys, values, lengths.to(torch.long))

@@ -240,7 +240,7 @@ def test_bf16_routes_in_float32_and_returns_bf16(model):
     bf16 = copy.deepcopy(model).to(torch.bfloat16)
     ids = torch.arange(6)[None]
     with record_routing(bf16) as routing, torch.no_grad():
-        bf16.prefix(ids)
+        bf16.prefix(ids, final_norm=True)  # the whole tower (a cache-only prefix stops at the last K/V)
     layers = bf16.config.num_hidden_layers
     assert {k.rsplit(".", 1)[0] for k in routing} == {f"layer{i}.mlp" for i in range(layers)}  # und tower only
     weights = routing[f"layer{layers - 1}.mlp.topk_weight"]

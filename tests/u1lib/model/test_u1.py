@@ -133,6 +133,25 @@ def test_padded_prefix_batch_equals_one_by_one(golden_model):
             torch.testing.assert_close(batched.values[layer][row : row + 1, :, :n], single.values[layer])
 
 
+def test_a_cache_only_prefix_skips_the_last_layers_attention_and_mlp_and_keeps_the_same_kv(golden_model):
+    model = golden_model
+    ids = _random_ids([9], model.config.vocab_size)
+    last = model.layers[-1]
+    calls = []
+    hook = last.mlp.register_forward_hook(lambda *_: calls.append("mlp"))
+    try:
+        with torch.no_grad():
+            full, _ = model.prefix(ids, final_norm=True)
+            assert calls == ["mlp"]
+            cache = model.prefix(ids)
+    finally:
+        hook.remove()
+    assert calls == ["mlp"]  # the cache-only call ran no last-layer MLP
+    for layer in range(model.config.num_hidden_layers):
+        assert torch.equal(cache.keys[layer], full.keys[layer])
+        assert torch.equal(cache.values[layer], full.values[layer])
+
+
 def test_batched_generation_with_mixed_prefixes_equals_one_by_one(golden_model):
     model = golden_model
     lengths = [9, 4]
