@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -9,10 +11,12 @@ def _inv_freq(dim: int, theta: float, device) -> torch.Tensor:
     return 1.0 / (theta ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
 
 
-def _part_layout(head_dim: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+@functools.lru_cache(maxsize=None)
+def _part_layout(head_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Channel permutation and sign that apply rotate-half inside each part of a head in one gather.
 
-    Parts are [t: D/2 | h: D/4 | w: D/4]; rotate-half maps a part's halves (a, b) to (-b, a).
+    Parts are [t: D/2 | h: D/4 | w: D/4]; rotate-half maps a part's halves (a, b) to (-b, a). Made
+    once per device: a forward then copies nothing from the host (which a CUDA graph could not hold).
     """
     perm, sign, start = [], [], 0
     for dim in (head_dim // 2, head_dim // 4, head_dim // 4):
