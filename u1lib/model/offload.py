@@ -241,18 +241,20 @@ def apply_memory_plan(
     """Recomputed layers, kept attention outputs, streamed layers and compilation, checked together.
 
     Call after the trainable surface is set (streaming moves only frozen weights). Streamed layers
-    must be recomputed in backward, so that combination is refused naming ``section``'s keys.
+    must be recomputed in backward, so they are spread over the recomputed ones; asking for more than
+    there are is refused naming ``section``'s keys.
     """
     layers = model.config.num_hidden_layers
     model.recompute_layers = recomputed_layers(checkpointing, layers)
     model.keep_attention = keep_attention
     if swap_layers:
-        streamed = spread(swap_layers, layers)
-        if not set(streamed) <= model.recompute_layers:
+        recomputed = sorted(model.recompute_layers)
+        if swap_layers > len(recomputed):
             raise ValueError(
-                f"{section}.swap_layers {swap_layers} streams layers {streamed}, which must be recomputed in backward: "
-                f"set {section}.checkpointing to all"
+                f"{section}.swap_layers {swap_layers} streams more layers than the {len(recomputed)} that "
+                f"{section}.checkpointing {checkpointing!r} recomputes, and streamed layers must be recomputed "
+                f"in backward: lower {section}.swap_layers or recompute more layers ({section}.checkpointing all)"
             )
-        enable_swap(model, streamed, slots=slots)
+        enable_swap(model, [recomputed[i] for i in spread(swap_layers, len(recomputed))], slots=slots)
     if compile:
         model.compile_layers()

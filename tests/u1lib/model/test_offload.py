@@ -12,7 +12,7 @@ from u1lib.lora.adapter import wrap
 from u1lib.lora.spec import resolve_spec
 from u1lib.model.config import U1Config
 from u1lib.model.loading import random_model
-from u1lib.model.offload import enable_swap, spread
+from u1lib.model.offload import apply_memory_plan, enable_swap, spread
 from u1lib.model.u1 import PrefixKV
 from u1lib.train.objectives import flow_loss
 
@@ -132,3 +132,22 @@ def test_spread_layers():
     assert spread(0, 42) == []
     with pytest.raises(ValueError):
         spread(43, 42)
+
+
+@pytest.mark.parametrize("checkpointing,swap,streamed", [("all", 2, [1, 3]), (2, 2, [0, 2]), (2, 3, [0, 1, 2])])
+def test_memory_plan_streams_layers_spread_over_the_recomputed_ones(five_layer_model, checkpointing, swap, streamed):
+    """Layers that keep their activations (the last K) stay resident, so streaming combines with them."""
+    model = copy.deepcopy(five_layer_model)
+    apply_memory_plan(model, checkpointing=checkpointing, swap_layers=swap)
+    try:
+        assert sorted(model.layer_streamer.layers) == streamed
+        assert set(streamed) <= model.recompute_layers
+    finally:
+        model.layer_streamer.close()
+
+
+def test_memory_plan_refuses_more_streamed_layers_than_recomputed_naming_the_keys(five_layer_model):
+    model = copy.deepcopy(five_layer_model)
+    with pytest.raises(ValueError, match=r"train.swap_layers 4 streams more layers than the 3 that train.checkp"):
+        apply_memory_plan(model, checkpointing=2, swap_layers=4)
+    assert model.layer_streamer is None
