@@ -7,6 +7,7 @@ rank does it. Each schedule includes the last step.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Callable
 
@@ -125,9 +126,15 @@ class RunMonitor:
         if self._due(s.ckpt_every, step) or stop.signal_name:
             self.checkpoint()
 
+    def _evaluating(self):
+        """Eval passes run eagerly unless ``train.compile_eval``: at no-grad and their own shapes
+        they would compile graphs of their own, which a run's few evaluations do not pay back."""
+        compiled = self.s.compile_eval or not self.s.compile
+        return contextlib.nullcontext() if compiled else torch.compiler.set_stance("force_eager")
+
     def validate(self, step: int) -> None:
         self.model.eval()
-        with self.clock.phase("validation"):
+        with self.clock.phase("validation"), self._evaluating():
             record = {"step": step, **self.validator.run(self.model, self.dist, self.autocast)}
         self.model.train()
         with self.clock.phase("logs"):
@@ -142,7 +149,7 @@ class RunMonitor:
         if not self.dist.is_main:
             return
         self.model.eval()
-        with self.clock.phase("previews"):
+        with self.clock.phase("previews"), self._evaluating():
             images = self.previewer.run(self.model, step, self.autocast)
         self.model.train()
         with self.clock.phase("logs"):

@@ -53,6 +53,7 @@ class TrainSettings:
     swap_layers: int = 0  # generation layers streamed from pinned host memory (needs checkpointing of them)
     keep_attention: bool = False  # recomputed layers keep attention outputs (recompute skips attention)
     compile: bool = False  # torch.compile each layer (CUDA; the first steps pay the compilation)
+    compile_eval: bool = False  # with compile: validation and previews compiled too (each compiles its own graphs)
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     device: str = "auto"
     # {"path", "skip"}: an upstream LoRA baked into the base (lora/io.py bake_upstream_lora); path null: none
@@ -79,6 +80,7 @@ class TrainSettings:
         "swap_layers",
         "keep_attention",
         "compile",
+        "compile_eval",
         "save_every",
         "preview_every",
         "preview",

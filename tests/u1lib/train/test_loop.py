@@ -242,3 +242,29 @@ def test_training_refuses_a_weight_that_is_both_lora_and_fully_tuned(tiny_worksp
 
     with pytest.raises(SpecError, match=r"q_proj_mot_gen\.weight is both LoRA-adapted and fully fine-tuned"):
         _run(tiny_workspace, tmp_path / "run", steps=1, full_ft=[r".*layers\.0\.self_attn\.q_proj_mot_gen\.weight"])
+
+
+def test_validation_and_previews_run_eagerly_unless_compile_eval(tiny_workspace, tmp_path, monkeypatch):
+    """With train.compile the eval passes compile graphs of their own only under compile_eval: each
+    graph dynamo hands its backend is recorded with its grad mode (an eager backend keeps it short)."""
+    from u1lib.model.u1 import U1Model
+
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(torch.is_grad_enabled())
+        return gm.forward
+
+    real = U1Model.compile_layers
+    monkeypatch.setattr(U1Model, "compile_layers", lambda self: real(self, backend=counting))
+    runs = {}
+    for compile_eval in (False, True):
+        graphs.clear()
+        torch._dynamo.reset()
+        preview = {"count": 1, "steps": 2, "width": 32, "height": 32}
+        settings = dict(steps=2, val_every=2, preview_every=2, preview=preview, ckpt_every=0, compile=True)
+        _run(tiny_workspace, tmp_path / f"eval{compile_eval}", **settings, compile_eval=compile_eval)
+        runs[compile_eval] = list(graphs)
+        assert read_jsonl(tmp_path / f"eval{compile_eval}" / "val_log.jsonl")
+    assert runs[False] and all(runs[False])  # training graphs only: every one traced with grad on
+    assert not all(runs[True])  # compile_eval adds the no-grad graphs of validation and previews
