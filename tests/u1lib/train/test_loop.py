@@ -268,3 +268,14 @@ def test_validation_and_previews_run_eagerly_unless_compile_eval(tiny_workspace,
         assert read_jsonl(tmp_path / f"eval{compile_eval}" / "val_log.jsonl")
     assert runs[False] and all(runs[False])  # training graphs only: every one traced with grad on
     assert not all(runs[True])  # compile_eval adds the no-grad graphs of validation and previews
+
+
+def test_validation_inputs_kept_between_validations_give_the_same_losses(tiny_workspace, tmp_path, monkeypatch):
+    from u1lib.train import validation
+
+    settings = dict(steps=2, val_every=1, ckpt_every=0)
+    _run(tiny_workspace, tmp_path / "kept", **settings)
+    monkeypatch.setattr(validation, "KEPT_INPUT_BYTES", 0)  # every validation decodes and draws again
+    _run(tiny_workspace, tmp_path / "drawn", **settings)
+    kept, drawn = (read_jsonl(tmp_path / name / "val_log.jsonl") for name in ("kept", "drawn"))
+    assert len(kept) == 3 and [r["val_loss"] for r in kept] == [r["val_loss"] for r in drawn]
