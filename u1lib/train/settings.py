@@ -53,7 +53,7 @@ class TrainSettings:
     swap_layers: int = 0  # generation layers streamed from pinned host memory (needs checkpointing of them)
     keep_attention: bool = False  # recomputed layers keep attention outputs (recompute skips attention)
     compile: bool = False  # torch.compile each layer (CUDA; the first steps pay the compilation)
-    compile_eval: bool = False  # with compile: validation and previews compiled too (each compiles its own graphs)
+    compile_eval: bool | str = "auto"  # with compile: eval passes compiled too (true), eager (false), auto: if it pays
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     device: str = "auto"
     # {"path", "skip"}: an upstream LoRA baked into the base (lora/io.py bake_upstream_lora); path null: none
@@ -124,6 +124,8 @@ class TrainSettings:
             PreviewSettings.from_dict(self.preview)
         except ValueError as err:
             problems.append(str(err).replace("\n  ", "; "))
+        if self.compile_eval not in (True, False, "auto"):
+            problems.append(f"train.compile_eval: {self.compile_eval!r} is not true, false or auto")
         ck = self.checkpointing
         if not (ck in ("none", "all") or (isinstance(ck, int) and ck >= 0)):
             problems.append(f"train.checkpointing: {ck!r} is not none, all or a non-negative integer")

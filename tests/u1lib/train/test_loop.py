@@ -10,7 +10,9 @@ from u1lib.io import read_json, read_jsonl
 from u1lib.train import loop
 from u1lib.train.checkpoint import list_checkpoints
 from u1lib.train.loop import NonFiniteLoss, train
+from u1lib.train.monitor import compiles_eval
 from u1lib.train.resume import IncompatibleCheckpoint
+from u1lib.train.settings import TrainSettings
 
 BASE = {
     "steps": 6,
@@ -244,9 +246,10 @@ def test_training_refuses_a_weight_that_is_both_lora_and_fully_tuned(tiny_worksp
         _run(tiny_workspace, tmp_path / "run", steps=1, full_ft=[r".*layers\.0\.self_attn\.q_proj_mot_gen\.weight"])
 
 
-def test_validation_and_previews_run_eagerly_unless_compile_eval(tiny_workspace, tmp_path, monkeypatch):
-    """With train.compile the eval passes compile graphs of their own only under compile_eval: each
-    graph dynamo hands its backend is recorded with its grad mode (an eager backend keeps it short)."""
+def test_validation_and_previews_run_eagerly_unless_compiling_them_pays(tiny_workspace, tmp_path, monkeypatch):
+    """With train.compile the eval passes compile graphs of their own only when asked (or, under auto,
+    when the run validates enough items): each graph dynamo hands its backend is recorded with its
+    grad mode (an eager backend keeps it short)."""
     from u1lib.model.u1 import U1Model
 
     graphs = []
@@ -258,7 +261,7 @@ def test_validation_and_previews_run_eagerly_unless_compile_eval(tiny_workspace,
     real = U1Model.compile_layers
     monkeypatch.setattr(U1Model, "compile_layers", lambda self: real(self, backend=counting))
     runs = {}
-    for compile_eval in (False, True):
+    for compile_eval in ("auto", True):  # auto: 3 validations of 2 items, far from paying back
         graphs.clear()
         torch._dynamo.reset()
         preview = {"count": 1, "steps": 2, "width": 32, "height": 32}
@@ -266,8 +269,30 @@ def test_validation_and_previews_run_eagerly_unless_compile_eval(tiny_workspace,
         _run(tiny_workspace, tmp_path / f"eval{compile_eval}", **settings, compile_eval=compile_eval)
         runs[compile_eval] = list(graphs)
         assert read_jsonl(tmp_path / f"eval{compile_eval}" / "val_log.jsonl")
-    assert runs[False] and all(runs[False])  # training graphs only: every one traced with grad on
-    assert not all(runs[True])  # compile_eval adds the no-grad graphs of validation and previews
+    assert runs["auto"] and all(runs["auto"])  # training graphs only: every one traced with grad on
+    assert not all(runs[True])  # compiled eval adds the no-grad graphs of validation and previews
+
+
+@pytest.mark.parametrize(
+    "setting,steps,val_every,items,compiled",
+    [
+        ("auto", 40, 10, 2, False),  # 6 validations x 2 items
+        ("auto", 1000, 10, 2, True),  # 102 x 2
+        ("auto", 1000, 0, 16, False),  # never validates
+        ("auto", 100, 50, 16, False),  # 4 x 16 = 64: not more than the payback
+        ("auto", 150, 50, 16, True),  # 5 x 16
+        (True, 10, 10, 1, True),
+        (False, 10_000, 1, 16, False),
+    ],
+)
+def test_auto_compiles_eval_when_the_runs_validation_items_pay_for_it(setting, steps, val_every, items, compiled):
+    s = TrainSettings.from_dict({"compile_eval": setting, "steps": steps, "val_every": val_every})
+    assert compiles_eval(s, items) is compiled
+
+
+def test_a_bad_compile_eval_is_named():
+    with pytest.raises(ValueError, match=r"train.compile_eval: 'sometimes' is not true, false or auto"):
+        TrainSettings.from_dict({"compile_eval": "sometimes"})
 
 
 def test_validation_inputs_kept_between_validations_give_the_same_losses(tiny_workspace, tmp_path, monkeypatch):
