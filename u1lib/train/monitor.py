@@ -30,7 +30,7 @@ from u1lib.train.tracking import Trackers
 from u1lib.train.validation import Validator
 
 # validation items whose compiled passes pay for compiling them: on an H200 at 2048² with five t,
-# the first compiled call took 9.6 s, later ones 0.72 s against 0.86 s eager (tests/gpu probe)
+# the first compiled call took 9.6 s, later ones 0.72 s against 0.86 s eager (tests/gpu/eval_compile_probe.py)
 EVAL_COMPILE_PAYBACK = 64
 
 
