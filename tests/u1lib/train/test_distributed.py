@@ -4,7 +4,6 @@ global batch, and a checkpoint written by one number of ranks resumes on another
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -29,15 +28,9 @@ SETTINGS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _launch(ws, run_dir: Path, nproc: int, settings: dict, *, verb_gpus: int | None = None):
-    """torchrun with ``nproc`` ranks, each running the train verb; or, with ``verb_gpus``, the verb
-    itself with ``--gpus`` (which starts torchrun the way the train rule does)."""
+def _launch(ws, run_dir: Path, gpus: int, settings: dict) -> None:
+    """The train verb with ``--gpus``, which starts one rank per GPU through torchrun as the train rule
+    does (gloo processes on a machine without GPUs)."""
     config = run_dir.parent / f"{run_dir.name}.yaml"
     config.write_text(yaml.safe_dump({"train": settings}))
     args = [
@@ -53,19 +46,10 @@ def _launch(ws, run_dir: Path, nproc: int, settings: dict, *, verb_gpus: int | N
         ws["cache_dir"],
         "--run-dir",
         run_dir,
+        "--gpus",
+        gpus,
     ]
-    launcher = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        str(nproc),
-        "--master_port",
-        str(_free_port()),
-    ]
-    cmd = [*launcher, "-m", "u1lib", "train", str(config), *map(str, args)]
-    if verb_gpus is not None:
-        cmd = [sys.executable, "-m", "u1lib", "train", str(config), *map(str, args), "--gpus", str(verb_gpus)]
+    cmd = [sys.executable, "-m", "u1lib", "train", str(config), *map(str, args)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -94,15 +78,16 @@ def one_bucket_workspace(tiny_workspace, tmp_path_factory):
 
 @pytest.mark.integration
 def test_ranks_log_the_losses_of_one_process_and_resume_on_any_number(one_bucket_workspace, tmp_path):
-    """The global batch and its random draws do not depend on the ranks. One run hops 2 ranks (the
-    verb's --gpus, as the train rule starts it) -> 8 ranks -> one plain process, a checkpoint at each
-    hop, and logs the train and validation losses of one straight process."""
+    """The global batch and its random draws do not depend on the ranks. One run hops one plain
+    process -> 8 ranks (the verb's --gpus, as the train rule starts them) -> one plain process, so a
+    checkpoint written on 1 rank resumes on 8 and one written on 8 resumes on 1, and it logs the train
+    and validation losses of one straight process."""
     settings = {**SETTINGS, "batch_size": 8}
     ws = one_bucket_workspace
     paths = {k: ws[k] for k in ("snapshot_dir", "manifest_path", "train_parquet", "val_parquet", "cache_dir")}
     train({**settings, "steps": 6}, run_dir=tmp_path / "straight", **paths)  # one plain process
     run = tmp_path / "hopping"
-    _launch(ws, run, 2, {**settings, "steps": 2}, verb_gpus=2)
+    train({**settings, "steps": 2}, run_dir=run, **paths)
     _launch(ws, run, 8, {**settings, "steps": 4})
     train({**settings, "steps": 6}, run_dir=run, **paths)  # and back to one plain process
     straight, hopping = (read_jsonl(folder / "train_log.jsonl") for folder in (tmp_path / "straight", run))
