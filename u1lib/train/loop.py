@@ -247,11 +247,12 @@ class Trainer:
         self.monitor.start(self.step, resumed=saved is not None)
         with stop_on_signals(enabled=not self.dist.active) as stop:
             first = True  # the first step after (re)starting compiles: its time is kept apart
+            paused = False  # so is the step after validation, previews or a checkpoint ran
             while self.step < s.steps:
-                with self.clock.phase("first_step" if first else "steps"):
+                with self.clock.phase("first_step" if first else "steps_after_pause" if paused else "steps"):
                     record = self.train_step()
                 first = False
-                self.monitor.stepped(record, stop)
+                paused = self.monitor.stepped(record, stop)
                 if stop.signal_name:
                     raise TrainingInterrupted(
                         f"{stop.signal_name}: stopped at step {self.step} of {s.steps} with a checkpoint in "

@@ -121,9 +121,10 @@ class RunMonitor:
             if self.s.preview_every:
                 self.preview(step)
 
-    def stepped(self, record: dict, stop: StopRequest) -> None:
-        """After the step of ``record``. A signal (``stop``, read as late as possible: it may come while
-        this runs) makes a checkpoint due now."""
+    def stepped(self, record: dict, stop: StopRequest) -> bool:
+        """After the step of ``record``; True when it validated, previewed or checkpointed (the next
+        step's time is kept apart: it may pay for what ran here). A signal (``stop``, read as late as
+        possible: it may come while this runs) makes a checkpoint due now."""
         s, step = self.s, record["step"]
         with self.clock.phase("logs"):
             self.logs.append(TRAIN_LOG, record)
@@ -131,14 +132,17 @@ class RunMonitor:
                 self.trackers.trained(record)
         if self.dist.is_main:
             self.adapters.trained(step, step == s.steps)
-        if self._due(s.val_every, step):
+        validating, previewing = self._due(s.val_every, step), self._due(s.preview_every, step)
+        if validating:
             self.validate(step)
-        if self._due(s.preview_every, step):
+        if previewing:
             self.preview(step)
         if self.dist.is_main and (step % s.log_every == 0 or step == s.steps or stop.signal_name):
             self.progress.step(step, record["loss"])
-        if self._due(s.ckpt_every, step) or stop.signal_name:
+        checkpointing = self._due(s.ckpt_every, step) or bool(stop.signal_name)
+        if checkpointing:
             self.checkpoint()
+        return validating or previewing or checkpointing
 
     def _evaluating(self):
         """Eval passes run eagerly unless :func:`compiles_eval` says compiling them pays."""
