@@ -83,6 +83,8 @@ class RunMonitor:
             t_eps=t_eps,
             device=device,
         )
+        items = len(self.validator.indices[dist.rank :: dist.world_size])
+        self.eager_eval = s.compile and not compiles_eval(s, items)  # fixed for the run: decided once
         self.adapters = AdapterFiles(run_dir, write_adapter, save_every=s.save_every)
         self.previewer = Previewer(
             PreviewSettings.from_dict(s.preview), val_data, prefixes, run_dir / "previews", device
@@ -146,10 +148,7 @@ class RunMonitor:
 
     def _evaluating(self):
         """Eval passes run eagerly unless :func:`compiles_eval` says compiling them pays."""
-        items = len(self.validator.indices[self.dist.rank :: self.dist.world_size])
-        if not self.s.compile or compiles_eval(self.s, items):
-            return contextlib.nullcontext()
-        return torch.compiler.set_stance("force_eager")
+        return torch.compiler.set_stance("force_eager") if self.eager_eval else contextlib.nullcontext()
 
     def validate(self, step: int) -> None:
         self.model.eval()
