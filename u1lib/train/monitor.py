@@ -40,7 +40,9 @@ def compiles_eval(s: TrainSettings, items_per_validation: int) -> bool:
     the compilation costs."""
     if s.compile_eval != "auto":
         return bool(s.compile_eval)
-    validations = s.steps // s.val_every + 2 if s.val_every else 0
+    if not s.val_every:
+        return False
+    validations = 1 + s.steps // s.val_every + (1 if s.steps % s.val_every else 0)
     return validations * items_per_validation > EVAL_COMPILE_PAYBACK
 
 

@@ -276,11 +276,11 @@ def test_validation_and_previews_run_eagerly_unless_compiling_them_pays(tiny_wor
 @pytest.mark.parametrize(
     "setting,steps,val_every,items,compiled",
     [
-        ("auto", 40, 10, 2, False),  # 6 validations x 2 items
-        ("auto", 1000, 10, 2, True),  # 102 x 2
+        ("auto", 40, 10, 2, False),  # 5 validations (base, 10, 20, 30, 40) x 2 items
+        ("auto", 1000, 10, 2, True),  # 101 x 2
         ("auto", 1000, 0, 16, False),  # never validates
-        ("auto", 100, 50, 16, False),  # 4 x 16 = 64: not more than the payback
-        ("auto", 150, 50, 16, True),  # 5 x 16
+        ("auto", 150, 50, 16, False),  # 4 x 16 = 64: not more than the payback
+        ("auto", 160, 50, 16, True),  # base, 50, 100, 150 and the last step 160: 5 x 16
         (True, 10, 10, 1, True),
         (False, 10_000, 1, 16, False),
     ],
