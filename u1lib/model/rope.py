@@ -16,7 +16,7 @@ def _part_layout(head_dim: int, device: torch.device) -> tuple[torch.Tensor, tor
     """Channel permutation and sign that apply rotate-half inside each part of a head in one gather.
 
     Parts are [t: D/2 | h: D/4 | w: D/4]; rotate-half maps a part's halves (a, b) to (-b, a). Made
-    once per device: a forward then copies nothing from the host (which a CUDA graph could not hold).
+    once per device, so a forward copies nothing from the host (it did two small copies per pass).
     """
     perm, sign, start = [], [], 0
     for dim in (head_dim // 2, head_dim // 4, head_dim // 4):

@@ -19,7 +19,8 @@ KEPT_INPUT_BYTES = 1 << 30  # host memory for the fixed images and noise kept be
 class Validator:
     """Held-out loss of the model as it is now; each item's image and noise are the same at every
     validation, so they are kept in host memory (up to KEPT_INPUT_BYTES: a 2048² item with five t
-    values is 300 MB) rather than decoded and drawn again (0.4-1.2 s of CPU per such item)."""
+    values is 300 MB) rather than decoded and drawn again (drawing that noise alone took 0.4-1.2 s
+    on a 2-core CPU machine)."""
 
     def __init__(self, dataset: PackedDataset, prefixes, *, t_values, seed: int, max_items: int, t_eps: float, device):
         self.dataset, self.prefixes = dataset, prefixes
