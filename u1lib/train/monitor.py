@@ -34,15 +34,17 @@ from u1lib.train.validation import Validator
 EVAL_COMPILE_PAYBACK = 64
 
 
+def due(every: int, step: int, steps: int) -> bool:
+    """A ``train.*_every`` schedule: every ``every`` steps (0: never), and the last step."""
+    return bool(every) and (step % every == 0 or step == steps)
+
+
 def compiles_eval(s: TrainSettings, items_per_validation: int) -> bool:
     """Whether validation and previews run compiled: ``train.compile_eval``, or under auto whether the
-    run validates more items in all (every val_every steps, the last step and the base model) than
-    the compilation costs."""
+    run validates more items in all (the base model, then on its schedule) than the compilation costs."""
     if s.compile_eval != "auto":
         return bool(s.compile_eval)
-    if not s.val_every:
-        return False
-    validations = 1 + s.steps // s.val_every + (1 if s.steps % s.val_every else 0)
+    validations = bool(s.val_every) + sum(due(s.val_every, step, s.steps) for step in range(1, s.steps + 1))
     return validations * items_per_validation > EVAL_COMPILE_PAYBACK
 
 
@@ -99,10 +101,6 @@ class RunMonitor:
             config=run_config,
         )
 
-    def _due(self, every: int, step: int) -> bool:
-        """Every ``every`` steps (0: never), and the last step."""
-        return bool(every) and (step % every == 0 or step == self.s.steps)
-
     def start(self, step: int, resumed: bool) -> None:
         """Resumed at ``step``: the files past it go (the run redoes those steps) and the progress says
         where it stands. From step 0: every file of an earlier trajectory goes, and the base model is
@@ -136,14 +134,14 @@ class RunMonitor:
                 self.trackers.trained(record)
         if self.dist.is_main:
             self.adapters.trained(step, step == s.steps)
-        validating, previewing = self._due(s.val_every, step), self._due(s.preview_every, step)
+        validating, previewing = due(s.val_every, step, s.steps), due(s.preview_every, step, s.steps)
         if validating:
             self.validate(step)
         if previewing:
             self.preview(step)
         if self.dist.is_main and (step % s.log_every == 0 or step == s.steps or stop.signal_name):
             self.progress.step(step, record["loss"])
-        checkpointing = self._due(s.ckpt_every, step) or bool(stop.signal_name)
+        checkpointing = due(s.ckpt_every, step, s.steps) or bool(stop.signal_name)
         if checkpointing:
             self.checkpoint()
         return validating or previewing or checkpointing
