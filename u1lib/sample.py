@@ -22,6 +22,7 @@ from u1lib.device import resolve_device, resolve_dtype, use_compile_cache
 from u1lib.io import write_bytes, write_json
 from u1lib.lora.adapter import unwrap
 from u1lib.lora.io import bake_upstream_lora, read_lora_file, wrap_from_file
+from u1lib.model.fp8 import FP8, enable_fp8
 from u1lib.model.loading import load_model
 from u1lib.model.sampling import euler_sample, initial_noise
 from u1lib.model.think import think
@@ -80,6 +81,8 @@ class Sampler:
         started = time.perf_counter()
         self.model: U1Model = load_model(snapshot_dir, groups, device=self.device, dtype=self.dtype)
         bake_upstream_lora(self.model, settings.upstream_lora)
+        if settings.fp8:  # after the bake: the merge is weight math in the base dtype
+            enable_fp8(self.model)
         loaded = time.perf_counter()
         if settings.compile:
             self.model.compile_layers()
@@ -172,6 +175,12 @@ class Sampler:
         """Apply ``adapter`` (runtime LoRA + its fully fine-tuned tensors), sample, then restore the base."""
         params = dict(self.model.named_parameters())
         lora = read_lora_file(adapter) if adapter else None
+        in_fp8 = [n for n in (lora.full if lora else {}) if params[n].dtype == FP8]
+        if in_fp8:
+            raise ValueError(
+                f"{adapter}: fully tunes {in_fp8[0]}, which sample.fp8 stores in FP8; "
+                "sample this variant with sample.fp8: false"
+            )
         saved = {n: params[n].detach().clone() for n in (lora.full if lora else {})}
         jobs = [(entry, seed) for entry in prompts for seed in self.s.seeds]
         # every target checked before any compute: a name that escapes out_dir fails at once

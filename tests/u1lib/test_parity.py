@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import DATA
-from u1lib.parity import TOLERANCE, run_parity
+from u1lib.parity import FP8_TOLERANCE, TOLERANCE, run_parity
 
 GOLDENS = sorted(DATA.glob("golden_*"))
 
@@ -34,6 +34,18 @@ def test_every_golden_tensor_matches(golden):
     assert bad == []
     # an implementation from the facts alone reached ~2e-6; we hold ourselves to 1e-5
     assert max(r.rel for r in rows) < 1e-5
+
+
+def test_fp8_parity_reports_fp8s_own_error(golden_dir):
+    """--fp8 runs the forward rows on the FP8 base: errors at FP8's scale, weight merges still exact."""
+    rows, unknown = run_parity(golden_dir, fp8=True)
+    assert unknown == []
+    forward = [r for r in rows if not r.name.startswith("(")]
+    assert all(r.tolerance == FP8_TOLERANCE and r.ok for r in forward)
+    assert max(r.rel for r in forward) > 100 * TOLERANCE  # FP8 really ran
+    prefix = [r for r in forward if r.name.startswith("prefix.")]
+    assert prefix and max(r.rel for r in prefix) < 1e-5  # the understanding tower stays full precision
+    assert all(r.max_abs == 0 for r in rows if r.name.startswith("(merge)"))
 
 
 def test_perturbed_weight_fails_parity(golden_dir, tmp_path):

@@ -13,7 +13,9 @@ import yaml
 from safetensors.torch import load_file
 
 from u1lib.data.prompts import PromptSpec, cond_text
+from u1lib.data.reader import load_image_tensor
 from u1lib.io import save_safetensors
+from u1lib.model.fp8 import FP8, Fp8Linear
 from u1lib.model.loading import load_model
 from u1lib.model.sampling import initial_noise
 from u1lib.sample import Sampler, cli, sample_variant
@@ -91,6 +93,43 @@ def test_upstream_lora_skip_list_is_the_same_in_training_and_sampling(tiny_works
     assert torch.equal(trained[q], sampled[q])  # identically in both places
     assert torch.equal(trained[head], original[head]) and torch.equal(sampled[head], original[head])  # skipped
     assert trainer.baked["skipped"] == ["fm_modules.fm_head.0"]
+
+
+def test_fp8_sampling_runs_adapters_over_the_fp8_base_and_hands_it_back(tiny_workspace, tmp_path):
+    """sample.fp8: a runtime adapter wraps the FP8 linears and returns them as they were; the images
+    stay near the full-precision ones without being them."""
+    snapshot = tiny_workspace["snapshot_dir"]
+    _upstream_lora(snapshot, tmp_path / "adapter.safetensors")
+    prompts = [{"id": "p", "prompt": "a rocket"}]
+    settings = {"seeds": [0], "steps": 3, "width": 64, "height": 48}
+    images = {}
+    for fp8 in (False, True):
+        sampler = Sampler(snapshot, SampleSettings.from_dict({**settings, "fp8": fp8}), PromptSpec())
+        for variant, adapter in (("base", None), ("lora", tmp_path / "adapter.safetensors"), ("again", None)):
+            out = tmp_path / f"fp8-{fp8}" / variant
+            sampler.run_variant(variant, adapter, prompts, out, "demo")
+            images[fp8, variant] = load_image_tensor((out / "p_seed0.png").read_bytes())
+    q_proj = sampler.model.layers[0].self_attn.q_proj_mot_gen
+    assert isinstance(q_proj, Fp8Linear) and q_proj.weight.dtype == FP8
+    assert torch.equal(images[True, "base"], images[True, "again"])
+    assert not torch.equal(images[True, "base"], images[True, "lora"])
+    for variant in ("base", "lora"):
+        gap = (images[True, variant] - images[False, variant]).abs().mean()
+        assert 0 < gap < 0.05  # FP8's rounding: a few of 255 levels on the [-1, 1] scale
+
+
+def test_fp8_sampling_refuses_an_adapter_that_fully_tunes_an_fp8_weight(tiny_workspace, tmp_path):
+    snapshot = tiny_workspace["snapshot_dir"]
+    model = load_model(snapshot, ["gen"])
+    name = "language_model.model.layers.0.mlp_mot_gen.up_proj.weight"
+    save_safetensors(tmp_path / "full.safetensors", {name: dict(model.named_parameters())[name].detach()})
+    sampler = Sampler(
+        snapshot, SampleSettings.from_dict({"steps": 1, "width": 32, "height": 32, "fp8": True}), PromptSpec()
+    )
+    prompts = [{"id": "p", "prompt": "a rocket"}]
+    with pytest.raises(ValueError, match=rf"fully tunes {name}, which sample.fp8 stores in FP8"):
+        sampler.run_variant("full", tmp_path / "full.safetensors", prompts, tmp_path / "out", "demo")
+    assert not (tmp_path / "out").exists()
 
 
 # ids that would write outside the output folder or name a file badly, in both prompt-set forms

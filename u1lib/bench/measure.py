@@ -28,6 +28,7 @@ class Measure:
     cfg_scale: float = 4.0
     lora: str = "default"  # LoRA spec or preset for training
     compile: bool = False
+    fp8: bool = False  # frozen dense generation-layer matmuls in FP8 (train, sample; model/fp8.py)
     warmup: int = 3
     iters: int = 8
     profile: bool = False

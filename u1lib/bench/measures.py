@@ -16,6 +16,7 @@ from u1lib.device import resolve_dtype
 from u1lib.lora.adapter import make_trainable
 from u1lib.lora.spec import TrainableSurface
 from u1lib.model.config import U1Config
+from u1lib.model.fp8 import enable_fp8
 from u1lib.model.loading import random_model
 from u1lib.model.offload import apply_memory_plan, enable_swap, spread
 from u1lib.model.sampling import euler_sample
@@ -36,9 +37,13 @@ def random_prefix(cfg: U1Config, lengths: list[int], device, generator: torch.Ge
     return PrefixKV(keys, values, torch.tensor(lengths, dtype=torch.long, device=device))
 
 
-def _model(cfg: U1Config, groups: list[str], device: torch.device, m: Measure, compile: bool | None = None) -> U1Model:
+def _model(cfg: U1Config, groups: list[str], device: torch.device, m: Measure, finish: bool = True) -> U1Model:
+    """Random weights on the device; ``finish``: with ``m``'s FP8 and compilation applied (False: the
+    caller applies them after wrapping its trainable surface)."""
     model = random_model(cfg, groups, device=device, dtype=resolve_dtype("auto", device))
-    if m.compile if compile is None else compile:
+    if finish and m.fp8:
+        enable_fp8(model)
+    if finish and m.compile:
         model.compile_layers()
     return model
 
@@ -58,8 +63,10 @@ def run_train(cfg: U1Config, device: torch.device, m: Measure, rec: Recorder) ->
     gradients are averaged (u1lib's data parallel), so images/s counts all ranks."""
     dist = init_from_env()
     tokens = image_tokens(cfg, m)
-    model = _model(cfg, ["gen", "fm"], device, m, compile=False)  # compiled by the plan, after wrapping
+    model = _model(cfg, ["gen", "fm"], device, m, finish=False)  # FP8 and compile after wrapping
     names = make_trainable(model, TrainableSurface.resolve(m.lora, (), cfg))
+    if m.fp8:
+        enable_fp8(model)
     params = dict(model.named_parameters())
     trainable = [params[n] for n in names]
     apply_memory_plan(

@@ -15,14 +15,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from u1lib.lora.spec import LoraTarget, TrainableSurface
+from u1lib.model.fp8 import Fp8Linear, base_linear
 
 
 class LoRALinear(nn.Module):
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
+    def __init__(self, base: nn.Linear | Fp8Linear, rank: int, alpha: float, dropout: float = 0.0):
         super().__init__()
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight = base.weight
         self.bias = base.bias
+        # the row scales of a base stored in FP8 (model/fp8.py), from the start or once converted
+        self.register_buffer("weight_scale", getattr(base, "weight_scale", None))
         device = base.weight.device
         self.lora_down = nn.Linear(self.in_features, rank, bias=False, device=device, dtype=torch.float32)
         self.lora_up = nn.Linear(rank, self.out_features, bias=False, device=device, dtype=torch.float32)
@@ -44,7 +47,7 @@ class LoRALinear(nn.Module):
         self.scale = float(alpha) / self.rank
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
+        y = base_linear(self, x)
         if not self.enabled or self.merged:
             return y
         down = F.linear(self.dropout(x), self.lora_down.weight.to(x.dtype))
@@ -59,6 +62,10 @@ class LoRALinear(nn.Module):
         """Fold the adapter into the base weight (idempotent); a disabled adapter cannot be merged."""
         if not self.enabled:
             raise RuntimeError("cannot merge a disabled LoRA adapter: the base output it promises would change")
+        if self.weight_scale is not None:
+            raise RuntimeError(
+                "cannot merge a LoRA adapter into an FP8 base weight (train.fp8): merge into the bf16 base"
+            )
         if not self.merged:
             self.weight.copy_((self.weight.float() + self.delta()).to(self.weight.dtype))
             self.merged = True
@@ -89,7 +96,7 @@ def wrap(model: nn.Module, targets: dict[str, LoraTarget], dropout: float = 0.0)
         base = getattr(parent, name)
         if isinstance(base, LoRALinear):
             raise ValueError(f"{path} already carries a LoRA adapter")
-        if not isinstance(base, nn.Linear):
+        if not isinstance(base, (nn.Linear, Fp8Linear)):
             raise ValueError(f"{path} is a {type(base).__name__}, not a Linear; LoRA needs a Linear")
         adapter = LoRALinear(base, target.rank, target.alpha, dropout)
         setattr(parent, name, adapter)
@@ -98,13 +105,16 @@ def wrap(model: nn.Module, targets: dict[str, LoraTarget], dropout: float = 0.0)
 
 
 def unwrap(model: nn.Module) -> None:
-    """Put plain Linears back (adapters must be unmerged or deliberately merged first)."""
+    """Put the plain (or FP8) Linears back (adapters must be unmerged or deliberately merged first)."""
     for path, module in list(model.named_modules()):
         if isinstance(module, LoRALinear):
             parent, name = _parent(model, path)
-            base = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
-            base.weight = module.weight
-            base.bias = module.bias
+            if module.weight_scale is not None:
+                base = Fp8Linear(module.weight, module.weight_scale, module.bias)
+            else:
+                base = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
+                base.weight = module.weight
+                base.bias = module.bias
             setattr(parent, name, base)
 
 

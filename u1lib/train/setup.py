@@ -14,6 +14,7 @@ from u1lib.io import read_json
 from u1lib.lora.adapter import make_trainable
 from u1lib.lora.io import bake_upstream_lora
 from u1lib.lora.spec import TrainableSurface
+from u1lib.model.fp8 import enable_fp8
 from u1lib.model.loading import load_model
 from u1lib.model.offload import apply_memory_plan
 from u1lib.model.u1 import U1Model
@@ -52,11 +53,14 @@ def load_base(s: TrainSettings, snapshot_dir, device: torch.device, dtype: torch
 
 
 def make_surface(s: TrainSettings, model: U1Model) -> tuple[TrainableSurface, dict[str, torch.nn.Parameter]]:
-    """Wrap the LoRA targets and unfreeze the full fine-tune patterns, then apply the memory plan
-    (after the surface: only frozen weights stream); returns the surface and its trainable tensors."""
+    """Wrap the LoRA targets and unfreeze the full fine-tune patterns, store the frozen base in FP8
+    where asked, then apply the memory plan (after the surface: only frozen weights stream); returns
+    the surface and its trainable tensors."""
     surface = TrainableSurface.resolve(s.lora, s.full_ft, model.config)
     torch.manual_seed(s.seed)  # adapter init
     names = make_trainable(model, surface, dropout=s.lora_dropout)
+    if s.fp8:
+        enable_fp8(model)
     apply_memory_plan(
         model,
         checkpointing=s.checkpointing,

@@ -174,6 +174,21 @@ def test_swap_and_kept_attention_give_the_same_losses(tiny_workspace, tmp_path):
         _run(tiny_workspace, tmp_path / "bad", steps=1, swap_layers=1, checkpointing="none")
 
 
+def test_fp8_trains_and_a_checkpoint_does_not_resume_across_it(tiny_workspace, tmp_path, monkeypatch):
+    """train.fp8 changes the math: the run learns in FP8, and its checkpoint refuses a bf16 resume."""
+    with monkeypatch.context() as patch:
+        _kill_at_call(patch, 4)
+        with pytest.raises(Killed):
+            _run(tiny_workspace, tmp_path / "fp8", fp8=True)
+    with pytest.raises(IncompatibleCheckpoint, match=r"train\.fp8: checkpoint True, now False"):
+        _run(tiny_workspace, tmp_path / "fp8")
+    _run(tiny_workspace, tmp_path / "fp8", fp8=True)
+    _run(tiny_workspace, tmp_path / "full")
+    fp8, full = _losses(tmp_path / "fp8"), _losses(tmp_path / "full")
+    assert [r[0] for r in fp8] == [r[0] for r in full] and fp8 != full
+    assert all(abs(a[1] - b[1]) <= 0.1 * b[1] for a, b in zip(fp8, full))  # the same curve within FP8's error
+
+
 def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(tiny_workspace, tmp_path, monkeypatch):
     from u1lib.train import checkpoint
 
