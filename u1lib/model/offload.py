@@ -236,13 +236,14 @@ def apply_memory_plan(
     swap_layers: int = 0,
     slots: int = 2,
     compile: bool = False,
+    dynamic: bool | None = None,
     section: str = "train",
 ) -> None:
     """Recomputed layers, kept attention outputs, streamed layers and compilation, checked together.
 
     Call after the trainable surface is set (streaming moves only frozen weights). Streamed layers
     must be recomputed in backward, so they are spread over the recomputed ones; asking for more than
-    there are is refused naming ``section``'s keys.
+    there are is refused naming ``section``'s keys. ``dynamic`` is torch.compile's.
     """
     layers = model.config.num_hidden_layers
     model.recompute_layers = recomputed_layers(checkpointing, layers)
@@ -257,4 +258,4 @@ def apply_memory_plan(
             )
         enable_swap(model, [recomputed[i] for i in spread(swap_layers, len(recomputed))], slots=slots)
     if compile:
-        model.compile_layers()
+        model.compile_layers(dynamic=dynamic)
