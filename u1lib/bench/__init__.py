@@ -69,6 +69,8 @@ def run_bench(settings: dict, out_json: Path) -> dict:
         record["results"].append(result)
         if dist.is_main:
             print(summary_line(result), flush=True)
+        if m.compile:
+            torch.compiler.reset()  # the next measure compiles from scratch, as in a process of its own
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
