@@ -1,4 +1,4 @@
-"""GPU behaviour (skipped without CUDA): swap mode, bf16 training against fp32, batching, kernel choice."""
+"""GPU behaviour (skipped without CUDA): swap mode, bf16 and FP8 training against fp32, batching, kernel choice."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from u1lib.bench.measures import random_prefix
 from u1lib.lora.adapter import make_trainable
 from u1lib.lora.spec import TrainableSurface
 from u1lib.model.config import U1Config
+from u1lib.model.fp8 import Fp8Linear, enable_fp8, quantize_rows
 from u1lib.model.layers import normalize
 from u1lib.model.loading import random_model
 from u1lib.model.offload import enable_swap
@@ -109,6 +110,51 @@ def test_bf16_training_close_to_fp32():
     assert abs(loss16 - loss32) / loss32 < 2e-2
     cos = [F.cosine_similarity(grads16[k].flatten(), grads32[k].flatten(), dim=0) for k in grads32]
     assert min(cos) > 0.98
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_fp8_linear_on_the_gpu_computes_the_quantized_product(compiled):
+    """The CUDA kernel, eager and compiled, on a row count that is no multiple of 16.
+
+    Compared by norm: a compiled quantization may round an element to the neighbouring e4m3 value
+    (a handful in 100k, seen on the H200), which no elementwise bound tight enough to mean anything allows.
+    """
+    g = torch.Generator(device=CUDA).manual_seed(4)
+    base = torch.nn.Linear(1024, 512, bias=False, device=CUDA, dtype=torch.bfloat16).requires_grad_(False)
+    base.weight.normal_(0, 0.02, generator=g)
+    layer = Fp8Linear.quantized(base)
+    x = torch.randn(3, 37, 1024, device=CUDA, dtype=torch.bfloat16, generator=g, requires_grad=True)
+    forward = torch.compile(layer) if compiled else layer
+    y = forward(x)
+    values, scales = quantize_rows(x.detach().reshape(-1, 1024))
+    want = (values.float() * scales) @ (layer.weight.float() * layer.weight_scale[:, None]).T
+    assert _rel(y.float().reshape(-1, 512), want) < 4e-3  # the bf16 epilogue's rounding
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    g_values, g_scales = quantize_rows(grad.reshape(-1, 512).float() * layer.weight_scale)
+    want_grad = (g_values.float() * g_scales) @ layer.weight.float()
+    assert _rel(x.grad.float().reshape(-1, 1024), want_grad) < 4e-3
+    exact = x.detach().float() @ base.weight.float().T
+    assert 1e-3 < _rel(y.float(), exact) < 0.1  # FP8's own error, and no more
+
+
+def test_fp8_training_close_to_fp32():
+    """FP8's guard at small 8B-layout shapes: loss and LoRA gradients against the fp32 step."""
+    cfg = small_config(layers=3)
+    fp32 = random_model(cfg, ["gen", "fm"], device=CUDA, dtype=torch.float32, seed=2)
+    make_trainable(fp32, TrainableSurface.resolve("default", (), cfg))
+    _with_nonzero_lora(fp32)
+    fp8 = copy.deepcopy(fp32)
+    for name, p in fp8.named_parameters():
+        if not p.requires_grad:
+            p.data = p.data.to(torch.bfloat16)
+    assert enable_fp8(fp8)
+    batch = _batch(cfg, [40, 40], seed=3)
+    loss32, grads32 = _step(fp32, batch, autocast=False)
+    loss8, grads8 = _step(fp8, batch, autocast=True)
+    assert abs(loss8 - loss32) / loss32 < 5e-2
+    cos = [F.cosine_similarity(grads8[k].flatten(), grads32[k].flatten(), dim=0) for k in grads32]
+    assert min(cos) > 0.95
 
 
 def test_batched_equals_one_by_one():

@@ -1,6 +1,6 @@
 """End to end on a GPU: random full-size 8B weights through the real workflow, with per-job times.
 
-    python tests/gpu/workflow_8b.py [--snapshot /dev/shm/u1-8b-random] [--steps 40]
+    python tests/gpu/workflow_8b.py [--snapshot /dev/shm/u1-8b-random] [--steps 40] [--axis train.fp8='[false, true]']
 
 Writes a random full-size snapshot unless one is there (weights drawn like u1lib.tiny_weights.init_like:
 norms near 1, so training visibly lowers the loss), then runs, from the repository root,
@@ -8,9 +8,9 @@ norms near 1, so training visibly lowers the loss), then runs, from the reposito
     snakemake --cores N results/report.html --configfile config/u1-8b.yaml OVERLAY
 
 where the overlay points ``model.source`` at that folder (verified in place, nothing downloaded),
-keeps two variants and shortens training and sampling. Prints every job's wall time (Snakemake's
-benchmark files) and each variant's validation loss at the first and last step, and exits non-zero
-when the workflow fails or a variant's validation loss did not go down.
+keeps two variants (``--axis``: other grid axes instead) and shortens training and sampling. Prints
+every job's wall time (Snakemake's benchmark files) and each variant's validation loss at every
+validation, and exits non-zero when the workflow fails or a variant's validation loss did not go down.
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 
 
-def overlay(snapshot: Path, steps: int) -> dict:
+DEFAULT_AXES = {"train.loss_type": ["x0", "v"], "train.t_dist": ["uniform"]}
+
+
+def overlay(snapshot: Path, steps: int, axes: dict) -> dict:
     return {
         "model": {"name": "u1-8b-random", "source": str(snapshot), "modeling_source": "none"},
         "train": {
@@ -42,7 +45,7 @@ def overlay(snapshot: Path, steps: int) -> dict:
             "log_every": 5,
         },
         "sample": {"steps": 8, "width": 1024, "height": 1024, "seeds": [0]},
-        "grid": {"axes": {"train.loss_type": ["x0", "v"], "train.t_dist": ["uniform"]}},
+        "grid": {"axes": axes},
     }
 
 
@@ -69,7 +72,18 @@ def main() -> int:
         help="stop the workflow after this many seconds "
         "(Ctrl-C, as a person would) and still report the jobs that finished",
     )
+    parser.add_argument(
+        "--axis",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="a grid axis as KEY=[values] (repeatable; the default loss_type x t_dist axes keep one value each)",
+    )
     args = parser.parse_args()
+    axes = dict(DEFAULT_AXES)
+    if args.axis:  # the config's own axes are kept at one value each: the overlay merges into them
+        given = {key: json.loads(values) for key, _, values in (a.partition("=") for a in args.axis)}
+        axes = {key: values[:1] for key, values in DEFAULT_AXES.items()} | given
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     if not (args.snapshot / "model.safetensors.index.json").exists():
         started = time.perf_counter()
@@ -82,7 +96,7 @@ def main() -> int:
         print(f"random snapshot written to {args.snapshot} in {time.perf_counter() - started:.0f} s", flush=True)
     overlay_path = REPO / "results" / "gpu-overlay.yaml"
     overlay_path.parent.mkdir(parents=True, exist_ok=True)
-    overlay_path.write_text(yaml.safe_dump(overlay(args.snapshot, args.steps), sort_keys=False))
+    overlay_path.write_text(yaml.safe_dump(overlay(args.snapshot, args.steps, axes), sort_keys=False))
     command = [
         sys.executable,
         "-m",
@@ -127,6 +141,10 @@ def main() -> int:
             f"{metrics['best_adapter']['step']}, exports verified: {complete}"
         )
         print(f"{run.name}: job seconds {metrics.get('job_seconds')}")
+        val_log = run / "val_log.jsonl"
+        if val_log.is_file():
+            curve = [json.loads(line) for line in val_log.read_text().splitlines() if line.strip()]
+            print(f"{run.name}: validation {[(r['step'], round(r['val_loss'], 6)) for r in curve]}")
     return returncode or (0 if learned else 3)
 
 
