@@ -108,30 +108,36 @@ def enable_fp8(model: nn.Module) -> list[str]:
     plan (streaming then moves FP8 bytes). Returns the converted paths; refuses a model whose
     generation weights are not loaded or whose sizes the FP8 kernel cannot take.
     """
-    converted = []
-    device = next(model.parameters()).device
-    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
-        name = torch.cuda.get_device_name(device)
-        raise ValueError(f"fp8: {name} has no FP8 matmul (needs compute capability 8.9 or newer); set train.fp8: false")
-    for path, (parent, name) in _dense_linears(model).items():
-        module = getattr(parent, name)
-        weight = module.weight
-        if weight.requires_grad or weight.dtype == FP8:
-            continue
+    frozen = {
+        path: (parent, name)
+        for path, (parent, name) in _dense_linears(model).items()
+        if not getattr(parent, name).weight.requires_grad and getattr(parent, name).weight.dtype != FP8
+    }
+    for path, (parent, name) in frozen.items():  # every refusal before any weight changes
+        weight = getattr(parent, name).weight
         if weight.is_meta:
             raise ValueError(f"fp8: {path} has no weights (load the gen group first)")
         if weight.shape[0] % _ALIGN or weight.shape[1] % _ALIGN:
             raise ValueError(
                 f"fp8: {path} is {tuple(weight.shape)}; the FP8 kernel needs sizes that are multiples of 16"
             )
+        _check_device(weight.device)
+    for parent, name in frozen.values():
+        module = getattr(parent, name)
         if isinstance(module, nn.Linear):
             setattr(parent, name, Fp8Linear.quantized(module))
         else:  # a LoRA wrapper: its base weight is replaced in place, the adapter is untouched
-            values, scale = quantize_rows(weight.detach())
+            values, scale = quantize_rows(module.weight.detach())
             module.weight = nn.Parameter(values, requires_grad=False)
             module.weight_scale = scale.view(-1)
-        converted.append(path)
-    return converted
+    return list(frozen)
+
+
+def _check_device(device: torch.device) -> None:
+    """Refuse a GPU without FP8 matmuls by name."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        name = torch.cuda.get_device_name(device)
+        raise ValueError(f"fp8: {name} has no FP8 matmul (needs compute capability 8.9 or newer); turn fp8 off")
 
 
 def base_linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

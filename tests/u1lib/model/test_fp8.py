@@ -75,10 +75,11 @@ def test_enable_fp8_converts_the_frozen_dense_generation_linears_only(golden_mod
 
 def test_enable_fp8_names_a_size_the_kernel_cannot_take(golden_model):
     model = copy.deepcopy(golden_model)
-    attention = model.layers[0].self_attn
+    attention = model.layers[1].self_attn  # after layer 0's linears in the order they are visited
     attention.q_proj_mot_gen = nn.Linear(64, 40, bias=False).requires_grad_(False)
-    with pytest.raises(ValueError, match=r"layers\.0\.self_attn\.q_proj_mot_gen is \(40, 64\).*multiples of 16"):
+    with pytest.raises(ValueError, match=r"layers\.1\.self_attn\.q_proj_mot_gen is \(40, 64\).*multiples of 16"):
         enable_fp8(model)
+    assert all(p.dtype != FP8 for p in model.parameters())  # refused before any weight changed
 
 
 def test_sparse_experts_stay_bf16(golden_dir):
