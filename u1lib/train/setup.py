@@ -67,7 +67,9 @@ def make_surface(
 
     With ``varying_shapes`` the layers compile for symbolic shapes at once: left to dynamo, the first
     step's static graphs are thrown away at the first new shape and compiled again (5-22 s at the
-    workflow's fourth step on the H200)."""
+    workflow's fourth step on the H200). A first batch whose token count equals the model width
+    (4096 tokens, a 1024² image on the 8B model) still gets static graphs: dynamo gives equal sizes
+    one symbol, and the width is fixed by the weights."""
     surface = TrainableSurface.resolve(s.lora, s.full_ft, model.config)
     torch.manual_seed(s.seed)  # adapter init
     names = make_trainable(model, surface, dropout=s.lora_dropout)
