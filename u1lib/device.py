@@ -19,6 +19,12 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype an op such as F.linear computes ``x`` in: autocast's where it is on, else x's."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """``auto``: bfloat16 on CUDA (the model's own dtype), float32 on the CPU (where bf16 matmuls crawl)."""
     if dtype == "auto":

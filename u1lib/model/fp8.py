@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from u1lib.device import compute_dtype
 from u1lib.model.mlp import MLP
 
 FP8 = torch.float8_e4m3fn
@@ -63,8 +64,7 @@ class _Fp8Matmul(torch.autograd.Function):
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """F.linear for an FP8 weight [out, in] with row scales [out]; output in the dtype F.linear would give."""
-    kind = x.device.type
-    out_dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+    out_dtype = compute_dtype(x)
     y = _Fp8Matmul.apply(x, weight, scale, out_dtype)
     return y if bias is None else y + bias.to(out_dtype)
 

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from u1lib.device import compute_dtype
 from u1lib.model.config import U1Config
 
 PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
@@ -144,7 +145,7 @@ class SparseMoE(nn.Module):
     def grouped_plan(self, x: torch.Tensor) -> list[tuple[list[nn.Module], bool]] | None:
         """Per projection (gate, up, down): the experts' modules and whether their LoRA deltas apply,
         when the grouped path can compute x [T, hidden]; None when the per-expert loop must."""
-        dtype, first = _compute_dtype(x), self.experts[0].gate_proj
+        dtype, first = compute_dtype(x), self.experts[0].gate_proj
         if not (self.grouped and grouped_mm_supported(x.device, dtype)):
             return None
         if not _aligned(dtype, first.in_features, first.out_features):
@@ -192,18 +193,12 @@ class SparseMoE(nn.Module):
 
     def _grouped(self, rows: torch.Tensor, sorted_experts: torch.Tensor, plan: list) -> torch.Tensor:
         """Every expert's SwiGLU at once over the sorted rows, as three grouped matmuls (plus LoRA's)."""
-        rows = rows.to(_compute_dtype(rows))
+        rows = rows.to(compute_dtype(rows))
         ends = torch.arange(1, len(self.experts) + 1, device=rows.device)
         offs = torch.searchsorted(sorted_experts, ends, out_int32=True)  # rows of experts 0..e, on the device
         (gate, gate_lora), (up, up_lora), (down, down_lora) = plan
         hidden = F.silu(_project(rows, offs, gate, gate_lora)) * _project(rows, offs, up, up_lora)
         return _project(hidden, offs, down, down_lora)
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype F.linear computes x in: autocast's where it is on, else x's."""
-    kind = x.device.type
-    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
 
 
 def _adapted(module: nn.Module) -> bool | None:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
+from u1lib.device import compute_dtype
 from u1lib.model.config import U1Config
 from u1lib.model.embedders import TimestepEmbedder, VisionModel, patchify
 from u1lib.model.heads import make_head
@@ -187,9 +188,8 @@ class U1Model(nn.Module):
 
     def _angles(self, indexes: torch.Tensor, hidden: torch.Tensor) -> AxisAngles:
         """RoPE tables in the dtype the projections will produce from ``hidden`` (autocast's, if on)."""
-        cfg, kind = self.config, hidden.device.type
-        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else hidden.dtype
-        return AxisAngles(indexes, cfg.head_dim, cfg.rope_theta, cfg.rope_theta_hw, dtype)
+        cfg = self.config
+        return AxisAngles(indexes, cfg.head_dim, cfg.rope_theta, cfg.rope_theta_hw, compute_dtype(hidden))
 
     def _checkpoint_options(self) -> dict:
         if not self.keep_attention:
