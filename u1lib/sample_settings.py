@@ -33,9 +33,7 @@ class SampleSettings:
     # {"path", "skip"}: an upstream LoRA baked into the base for every variant; path null: none
     upstream_lora: dict = field(default_factory=lambda: {"path": None, "skip": []})
     compile: bool = False  # torch.compile each layer (CUDA; pays off over many images)
-    fp8: bool = (
-        False  # frozen dense generation-layer matmuls in FP8 e4m3 (model/fp8.py; CUDA, compute capability >= 8.9)
-    )
+    fp8: bool = False  # frozen dense generation-layer matmuls in FP8 e4m3 (model/fp8.py; CUDA cc >= 8.9)
     think: dict = field(default_factory=dict)  # {"enabled", "max_tokens"}: a thought decoded before each prompt
 
     def __post_init__(self):

@@ -54,9 +54,7 @@ class TrainSettings:
     keep_attention: bool = False  # recomputed layers keep attention outputs (recompute skips attention)
     compile: bool = False  # torch.compile each layer (CUDA; the first steps pay the compilation)
     compile_eval: bool | str = "auto"  # with compile: eval passes compiled too (true), eager (false), auto: if it pays
-    fp8: bool = (
-        False  # frozen dense generation-layer matmuls in FP8 e4m3 (model/fp8.py; CUDA, compute capability >= 8.9)
-    )
+    fp8: bool = False  # frozen dense generation-layer matmuls in FP8 e4m3 (model/fp8.py; CUDA cc >= 8.9)
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     device: str = "auto"
     # {"path", "skip"}: an upstream LoRA baked into the base (lora/io.py bake_upstream_lora); path null: none
