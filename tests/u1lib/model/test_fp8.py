@@ -12,6 +12,7 @@ from u1lib.lora.adapter import LoRALinear, make_trainable, wrap
 from u1lib.lora.spec import TrainableSurface, resolve_spec
 from u1lib.model.fp8 import FP8, Fp8Linear, enable_fp8, quantize_rows
 from u1lib.model.loading import load_model
+from u1lib.model.mlp import SparseMoE
 from u1lib.model.offload import enable_swap
 from u1lib.model.u1 import PrefixKV
 from u1lib.train.objectives import flow_loss
@@ -84,10 +85,11 @@ def test_enable_fp8_names_a_size_the_kernel_cannot_take(golden_model):
 
 def test_sparse_experts_stay_bf16(golden_dir):
     model = load_model(golden_dir.parent / "golden_a3b_tiny_a", ["gen", "fm"])
+    assert all(isinstance(layer.mlp_mot_gen, SparseMoE) for layer in model.layers)
     converted = enable_fp8(model)
-    assert converted and all("self_attn" in path or ".experts." not in path for path in converted)
-    expert = next(m for n, m in model.named_modules() if ".experts." in n and isinstance(m, nn.Linear))
-    assert expert.weight.dtype != FP8
+    assert len(converted) == 4 * len(model.layers) and all(".self_attn." in path for path in converted)
+    experts = [m for n, m in model.named_modules() if ".experts." in n and isinstance(m, nn.Linear)]
+    assert experts and all(m.weight.dtype != FP8 for m in experts)
 
 
 def _batch(model):
