@@ -2,8 +2,11 @@
 
 Layout of ``out_dir``: ``shard-00000.safetensors`` ... holding ``{sample_id}.k`` / ``{sample_id}.v``
 as [layers, kv_heads, L, head_dim] (the unconditional prefix under ``__uncond__``), ``manifest.parquet``
-(sample_id, shard, length) and ``cache_info.json`` (the key fields, their hash and the names of the data
-files it was built from). The reader memory maps shards and stacks only the rows of the current batch.
+(sample_id, shard, length) and ``cache_info.json`` (the key fields, their hash, the names of the data
+files it was built from, and each file's size, sha256 and mtime). A build replaces the folder as a
+whole, so a killed or failed rebuild leaves the previous cache intact. The reader checks the files
+against their record (hashing only those whose size or mtime moved) and memory maps the shards,
+stacking only the rows of the current batch.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -22,17 +26,54 @@ from safetensors import safe_open
 from u1lib.data.prompts import PromptSpec, load_tokenizer
 from u1lib.data.reader import PackedDataset
 from u1lib.device import DTYPES, resolve_device
-from u1lib.io import atomic_path, read_json, save_safetensors, sha256_file, write_json
+from u1lib.io import atomic_folder, atomic_path, read_json, save_safetensors, sha256_file, write_json
 from u1lib.model.config import U1Config
 from u1lib.model.loading import load_model
 from u1lib.model.u1 import PrefixKV
 from u1lib.prefix import UNCOND_ID, PrefixEncoder
-from u1lib.snapshot import require_verified
+from u1lib.snapshot import check_files, digest_files, require_verified
 from u1lib.source_hash import code_hash
 
 # The cache key's code: what computes the cached K/V, less file plumbing and the snapshot check
 # (an edit to those must not recompute an 8B cache).
 CACHE_CODE_EXCLUDED = ("io.py", "provenance.py", "source_hash.py", "names.py", "snapshot.py")
+INFO = "cache_info.json"
+MANIFEST = "manifest.parquet"
+_CACHE_FILE = re.compile(r"shard-\d{5}\.safetensors|manifest\.parquet|cache_info\.json")
+
+
+class CacheError(ValueError):
+    """A prefix cache folder that cannot be read or replaced as asked."""
+
+
+def _rebuild_hint(cache_dir: Path) -> str:
+    return (
+        f"rebuild it from every data file the run reads, e.g. `python -m u1lib cache --snapshot SNAPSHOT "
+        f"--manifest MANIFEST --data TRAIN.parquet VAL.parquet --out {cache_dir}` (in the workflow: remove "
+        f"{cache_dir} and run Snakemake again)"
+    )
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """A build replaces ``out_dir`` as a whole: refuse a folder that holds anything but an earlier cache."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CacheError(f"{out_dir} is a file: give the prefix cache a folder of its own (--out)")
+    foreign = sorted(p.name for p in out_dir.iterdir() if not _CACHE_FILE.fullmatch(p.name)) if out_dir.exists() else []
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise CacheError(
+            f"{out_dir} holds files that are not a prefix cache's ({shown}); building a cache replaces the "
+            "whole folder, so nothing was written: give --out a new or empty folder"
+        )
+
+
+def _file_records(folder: Path) -> list[dict]:
+    """Size, sha256 and mtime of every file the cache wrote, for the reader's check."""
+    names = sorted(p.name for p in folder.iterdir() if p.name != INFO)
+    return [
+        {"path": name, "size": stat[0], "sha256": sha, "mtime_ns": stat[1]}
+        for name, (sha, stat) in zip(names, digest_files(folder, names, {}))
+    ]
 
 
 def engine_hash() -> str:
@@ -85,6 +126,7 @@ def build_cache(
 ) -> dict:
     """Compute and store prefix K/V for every caption of ``data_paths`` plus the unconditional prefix."""
     snapshot_dir, out_dir = require_verified(manifest_path, snapshot_dir), Path(out_dir)  # refuses changed weights
+    _check_replaceable(out_dir)
     spec = PromptSpec(template=template, trigger=trigger, use_think=use_think)
     key = cache_key(snapshot_dir, manifest_path, spec, dtype)
     dev = resolve_device(device)
@@ -97,7 +139,20 @@ def build_cache(
             if sample_id in items:
                 raise ValueError(f"{path}: sample_id {sample_id!r} appears in more than one data file")
             items[sample_id] = encoder.token_ids(caption, think)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # file names only: they tell a reader what to rebuild from without recording this machine's paths
+    info = {**key, "data_files": [Path(path).name for path in data_paths]}
+    with atomic_folder(out_dir) as folder:
+        rows = _write_shards(folder, encoder, items, batch_size, shard_mb)
+        table = pa.table({name: [r[name] for r in rows] for name in ("sample_id", "shard", "length")})
+        with atomic_path(folder / MANIFEST) as tmp:
+            pq.write_table(table, tmp)
+        info.update(entries=len(rows), tokens=sum(r["length"] for r in rows), files=_file_records(folder))
+        write_json(folder / INFO, info)
+    return info
+
+
+def _write_shards(folder: Path, encoder: PrefixEncoder, items: dict[str, list[int]], batch_size: int, shard_mb: int):
+    """Encode every item and write shards of about ``shard_mb`` into ``folder``: the manifest's rows."""
     by_length: dict[int, list[str]] = {}
     for sample_id in sorted(items):
         by_length.setdefault(len(items[sample_id]), []).append(sample_id)
@@ -108,7 +163,7 @@ def build_cache(
     def flush():
         nonlocal shard, shard_bytes, shard_index
         if shard:
-            save_safetensors(out_dir / f"shard-{shard_index:05d}.safetensors", shard)
+            save_safetensors(folder / f"shard-{shard_index:05d}.safetensors", shard)
             shard, shard_bytes, shard_index = {}, 0, shard_index + 1
 
     for ids in batches:
@@ -123,14 +178,7 @@ def build_cache(
         if shard_bytes >= shard_mb * 2**20:
             flush()
     flush()
-    table = pa.table({name: [r[name] for r in rows] for name in ("sample_id", "shard", "length")})
-    with atomic_path(out_dir / "manifest.parquet") as tmp:
-        pq.write_table(table, tmp)
-    # file names only: they tell a reader what to rebuild from without recording this machine's paths
-    data_files = [Path(path).name for path in data_paths]
-    info = {**key, "entries": len(rows), "tokens": sum(r["length"] for r in rows), "data_files": data_files}
-    write_json(out_dir / "cache_info.json", info)
-    return info
+    return rows
 
 
 class PrefixCacheReader:
@@ -138,14 +186,34 @@ class PrefixCacheReader:
 
     def __init__(self, cache_dir: Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
         self.cache_dir = Path(cache_dir)
-        manifest = self.cache_dir / "manifest.parquet"
-        if not manifest.exists():
-            raise FileNotFoundError(f"{manifest} missing: run the cache stage first (python -m u1lib cache)")
-        table = pq.read_table(manifest)
+        if not (self.cache_dir / MANIFEST).exists() or not (self.cache_dir / INFO).exists():
+            raise FileNotFoundError(
+                f"{self.cache_dir}: no prefix cache ({MANIFEST} or {INFO} missing): run the cache stage first "
+                "(python -m u1lib cache)"
+            )
+        self.info = read_json(self.cache_dir / INFO)
+        self._check_files()
+        table = pq.read_table(self.cache_dir / MANIFEST)
         self.shard_of = dict(zip(table.column("sample_id").to_pylist(), table.column("shard").to_pylist()))
-        self.info = read_json(self.cache_dir / "cache_info.json")
         self.device, self.dtype = torch.device(device), dtype
         self._handles: dict[str, object] = {}
+
+    def _check_files(self) -> None:
+        """Every file as the build wrote it: sizes always, sha256 of those whose size or mtime moved."""
+        records = self.info.get("files")
+        fields = {"path", "size", "sha256", "mtime_ns"}
+        if not isinstance(records, list) or not all(isinstance(r, dict) and fields <= r.keys() for r in records):
+            raise CacheError(
+                f"prefix cache {self.cache_dir}: {INFO} records no file checksums (an older u1lib built it, or it was edited): "
+                + _rebuild_hint(self.cache_dir)
+            )
+        trusted = {r["path"]: ([r["size"], r["mtime_ns"]], r["sha256"]) for r in records}
+        failed, _ = check_files(self.cache_dir, records, trusted)
+        if failed:
+            raise CacheError(
+                f"prefix cache {self.cache_dir} is damaged, its files differ from what {INFO} recorded when it "
+                "was built:\n  " + "\n  ".join(failed.values()) + "\n" + _rebuild_hint(self.cache_dir)
+            )
 
     def _handle(self, shard: str):
         if shard not in self._handles:
@@ -162,10 +230,8 @@ class PrefixCacheReader:
         built_from = ", ".join(files) if files else "data files it does not record (an older cache)"
         more = f" and {len(sample_ids) - 5} more" if len(sample_ids) > 5 else ""
         shown = ", ".join(map(repr, sample_ids[:5])) + more
-        return (
-            f"prefix cache {self.cache_dir} was built from {built_from} without sample(s) {shown}: rebuild it from "
-            f"every data file the run reads, e.g. `python -m u1lib cache --snapshot SNAPSHOT --manifest MANIFEST "
-            f"--data TRAIN.parquet VAL.parquet --out {self.cache_dir}`"
+        return f"prefix cache {self.cache_dir} was built from {built_from} without sample(s) {shown}: " + _rebuild_hint(
+            self.cache_dir
         )
 
     def one(self, sample_id: str) -> PrefixKV:

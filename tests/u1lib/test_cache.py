@@ -1,13 +1,17 @@
-"""The prefix cache: exact agreement with the engine, keys that notice changes, size estimate, and what
-it says when asked for a sample it was not built with."""
+"""The prefix cache: exact agreement with the engine, keys that notice changes, size estimate, what it
+says when asked for a sample it was not built with, and a folder that is whole or refused."""
 
 from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import CONFIG_8B
-from u1lib.cache import PrefixCacheReader, build_cache, bytes_per_token, cache_key, estimate
+from u1lib.cache import CacheError, PrefixCacheReader, build_cache, bytes_per_token, cache_key, estimate
 from u1lib.data.prompts import PromptSpec, load_tokenizer
 from u1lib.data.reader import PackedDataset
 from u1lib.model.config import U1Config
@@ -103,3 +107,76 @@ def test_the_missing_message_shortens_a_long_list(tiny_workspace):
     assert reader.missing(ids) == ids
     message = reader.missing_message(ids)
     assert "'gone0', 'gone1', 'gone2', 'gone3', 'gone4' and 3 more" in message and "gone5" not in message
+
+
+def _copy_cache(ws, tmp_path) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(ws["cache_dir"], copy)  # new mtimes: the reader hashes every file once
+    return copy
+
+
+def test_a_copied_cache_reads_and_a_damaged_file_is_named(tiny_workspace, tmp_path):
+    cache = _copy_cache(tiny_workspace, tmp_path)
+    first = PackedDataset(tiny_workspace["train_parquet"]).sample_ids[0]
+    assert _equal(PrefixCacheReader(cache).one(first), PrefixCacheReader(tiny_workspace["cache_dir"]).one(first))
+    shard = cache / "shard-00000.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte, size unchanged
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CacheError) as err:
+        PrefixCacheReader(cache)
+    message = str(err.value)
+    assert f"{shard}: sha256" in message and f"--out {cache}`" in message and f"remove {cache}" in message
+    shard.write_bytes(bytes(data[: len(data) // 3]))
+    with pytest.raises(CacheError, match=rf"{shard}: size {len(data) // 3} bytes"):
+        PrefixCacheReader(cache)
+    shard.unlink()
+    with pytest.raises(CacheError, match=rf"{shard}: missing"):
+        PrefixCacheReader(cache)
+
+
+def test_a_cache_without_file_records_asks_for_a_rebuild(tiny_workspace, tmp_path):
+    cache = _copy_cache(tiny_workspace, tmp_path)
+    info = json.loads((cache / "cache_info.json").read_text())
+    del info["files"]
+    (cache / "cache_info.json").write_text(json.dumps(info))
+    with pytest.raises(CacheError, match="records no file checksums .*python -m u1lib cache"):
+        PrefixCacheReader(cache)
+
+
+def test_a_failed_rebuild_leaves_the_previous_cache_whole(tiny_workspace, tmp_path, monkeypatch):
+    ws = tiny_workspace
+    cache = _copy_cache(ws, tmp_path)
+    before = {p.name: p.read_bytes() for p in cache.iterdir()}
+    calls = []
+
+    def fail_on_second_batch(self, rows):
+        calls.append(len(rows))
+        if len(calls) == 2:
+            raise RuntimeError("killed mid-build")
+        return real_encode(self, rows)
+
+    real_encode = PrefixEncoder.encode_ids
+    monkeypatch.setattr(PrefixEncoder, "encode_ids", fail_on_second_batch)
+    data = [ws["train_parquet"], ws["val_parquet"]]
+    with pytest.raises(RuntimeError, match="killed mid-build"):
+        build_cache(ws["snapshot_dir"], ws["manifest_path"], data, cache, trigger="new trigger", batch_size=1)
+    assert {p.name: p.read_bytes() for p in cache.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]  # no temporary folder left
+    monkeypatch.setattr(PrefixEncoder, "encode_ids", real_encode)
+    info = build_cache(ws["snapshot_dir"], ws["manifest_path"], data, cache, trigger="new trigger", shard_mb=0)
+    assert PrefixCacheReader(cache).info == info and info["prompt"]["trigger"] == "new trigger"
+    shards = sorted(p.name for p in cache.glob("shard-*"))
+    assert len(shards) == info["entries"] > len([n for n in before if n.startswith("shard-")])
+
+
+def test_a_folder_with_other_files_is_refused_before_anything_is_written(tiny_workspace, tmp_path):
+    ws = tiny_workspace
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(CacheError, match=rf"{mine} holds files that are not a prefix cache's \(notes.txt\)"):
+        build_cache(ws["snapshot_dir"], ws["manifest_path"], [ws["train_parquet"]], mine)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    with pytest.raises(CacheError, match="is a file"):
+        build_cache(ws["snapshot_dir"], ws["manifest_path"], [ws["train_parquet"]], mine / "notes.txt")
