@@ -26,7 +26,7 @@ from safetensors import safe_open
 from u1lib.data.prompts import PromptSpec, load_tokenizer
 from u1lib.data.reader import PackedDataset
 from u1lib.device import DTYPES, resolve_device
-from u1lib.io import atomic_folder, atomic_path, read_json, save_safetensors, sha256_file, write_json
+from u1lib.io import atomic_folder, atomic_path, read_json, refuse_foreign, save_safetensors, sha256_file, write_json
 from u1lib.model.config import U1Config
 from u1lib.model.loading import load_model
 from u1lib.model.u1 import PrefixKV
@@ -43,7 +43,7 @@ _CACHE_FILE = re.compile(r"shard-\d{5}\.safetensors|manifest\.parquet|cache_info
 
 
 class CacheError(ValueError):
-    """A prefix cache folder that cannot be read or replaced as asked."""
+    """A prefix cache whose files are not the ones its build wrote."""
 
 
 def _rebuild_hint(cache_dir: Path) -> str:
@@ -52,19 +52,6 @@ def _rebuild_hint(cache_dir: Path) -> str:
         f"--manifest MANIFEST --data TRAIN.parquet VAL.parquet --out {cache_dir}` (in the workflow: remove "
         f"{cache_dir} and run Snakemake again)"
     )
-
-
-def _check_replaceable(out_dir: Path) -> None:
-    """A build replaces ``out_dir`` as a whole: refuse a folder that holds anything but an earlier cache."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CacheError(f"{out_dir} is a file: give the prefix cache a folder of its own (--out)")
-    foreign = sorted(p.name for p in out_dir.iterdir() if not _CACHE_FILE.fullmatch(p.name)) if out_dir.exists() else []
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise CacheError(
-            f"{out_dir} holds files that are not a prefix cache's ({shown}); building a cache replaces the "
-            "whole folder, so nothing was written: give --out a new or empty folder"
-        )
 
 
 def _file_records(folder: Path) -> list[dict]:
@@ -126,7 +113,7 @@ def build_cache(
 ) -> dict:
     """Compute and store prefix K/V for every caption of ``data_paths`` plus the unconditional prefix."""
     snapshot_dir, out_dir = require_verified(manifest_path, snapshot_dir), Path(out_dir)  # refuses changed weights
-    _check_replaceable(out_dir)
+    refuse_foreign(out_dir, _CACHE_FILE.fullmatch, "`u1lib cache`")
     spec = PromptSpec(template=template, trigger=trigger, use_think=use_think)
     key = cache_key(snapshot_dir, manifest_path, spec, dtype)
     dev = resolve_device(device)
@@ -204,8 +191,8 @@ class PrefixCacheReader:
         fields = {"path", "size", "sha256", "mtime_ns"}
         if not isinstance(records, list) or not all(isinstance(r, dict) and fields <= r.keys() for r in records):
             raise CacheError(
-                f"prefix cache {self.cache_dir}: {INFO} records no file checksums (an older u1lib built it, or it was edited): "
-                + _rebuild_hint(self.cache_dir)
+                f"prefix cache {self.cache_dir}: {INFO} records no file checksums (an older u1lib built it, "
+                "or it was edited): " + _rebuild_hint(self.cache_dir)
             )
         trusted = {r["path"]: ([r["size"], r["mtime_ns"]], r["sha256"]) for r in records}
         failed, _ = check_files(self.cache_dir, records, trusted)

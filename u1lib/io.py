@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -54,11 +54,35 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
             old = tmp.with_name(tmp.name + ".old")
             path.rename(old)
             tmp.rename(path)
-            shutil.rmtree(old)
+            if old.is_symlink():  # a link is replaced; the folder it pointed to is not ours to delete
+                old.unlink()
+            else:
+                shutil.rmtree(old)
         else:
             tmp.rename(path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class ForeignFilesError(ValueError):
+    """An output folder that holds something its stage did not write."""
+
+
+def refuse_foreign(folder: Path, ours: Callable[[str], bool], writer: str) -> None:
+    """Refuse a folder ``writer`` would replace or clear if it holds an entry ``ours`` does not claim.
+
+    Stages replace their output folders as a whole (or remove what an earlier run left there), so
+    a user's folder given by mistake must be refused before anything in it changes.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise ForeignFilesError(f"{folder} is a file: {writer} needs a folder of its own there")
+    foreign = sorted(p.name for p in folder.iterdir() if not ours(p.name)) if folder.exists() else []
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ForeignFilesError(
+            f"{folder} holds files {writer} did not write ({shown}); {writer} replaces or clears what it "
+            "finds there, so nothing was written: give it a new or empty folder"
+        )
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,7 +20,7 @@ import yaml
 from u1lib.data.prompts import PromptSpec, cond_text, load_tokenizer
 from u1lib.data.reader import image_png
 from u1lib.device import resolve_device, resolve_dtype, use_compile_cache
-from u1lib.io import write_bytes, write_json
+from u1lib.io import atomic_folder, refuse_foreign, write_bytes, write_json
 from u1lib.lora.adapter import unwrap
 from u1lib.lora.io import bake_upstream_lora, read_lora_file, wrap_from_file
 from u1lib.model.fp8 import FP8, enable_fp8
@@ -35,6 +36,8 @@ from u1lib.snapshot import require_verified
 progress = logging.getLogger("u1lib.progress")
 # beyond these a CPU takes minutes per image: worth a word before the wait starts
 CPU_QUICK_PIXELS, CPU_QUICK_STEPS = 256 * 256, 20
+INDEX = "index.json"
+_SAMPLE_FILE = re.compile(rf".+_seed\d+\.png|{re.escape(INDEX)}")
 
 
 def _inside(folder: Path, name: str) -> Path:
@@ -185,7 +188,8 @@ class Sampler:
         jobs = [(entry, seed) for entry in prompts for seed in self.s.seeds]
         # every target checked before any compute: a name that escapes out_dir fails at once
         files = [_inside(out_dir, f"{entry['id']}_seed{seed}.png") for entry, seed in jobs]
-        index_path = _inside(out_dir, "index.json")
+        _inside(out_dir, INDEX)
+        refuse_foreign(out_dir, _SAMPLE_FILE.fullmatch, "`u1lib sample`")
         try:
             if lora:
                 wrap_from_file(self.model, lora)
@@ -196,12 +200,9 @@ class Sampler:
                 with torch.no_grad():
                     for name, tensor in saved.items():
                         params[name].copy_(tensor)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in out_dir.glob("*.png"):  # a rerun with fewer prompts or seeds leaves no strays
-            stale.unlink()
-        records = []
+        records, pngs = [], []
         for (entry, seed), image, path in zip(jobs, images, files):
-            write_bytes(path, image_png(image))
+            pngs.append((path.name, image_png(image)))
             record = {"prompt_id": entry["id"], "prompt": entry["prompt"], "seed": seed, "file": path.name}
             if entry["prompt"] in self.thoughts:
                 record["think"] = self.thoughts[entry["prompt"]]
@@ -213,7 +214,10 @@ class Sampler:
             "sampler": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.s).items()},
             "images": records,
         }
-        write_json(index_path, index)
+        with atomic_folder(out_dir) as folder:  # the whole set replaces the last one: no strays, no mix
+            for name, png in pngs:
+                write_bytes(folder / name, png)
+            write_json(folder / INDEX, index)
         return index
 
 

@@ -35,3 +35,16 @@ def test_a_missing_folder_is_created_with_its_parents(tmp_path):
     with atomic_folder(target) as tmp:
         (tmp / "x").write_text("1")
     assert (target / "x").read_text() == "1"
+
+
+def test_a_linked_folder_is_replaced_and_its_target_left_alone(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.png").write_bytes(b"keep")
+    target = tmp_path / "figures"
+    target.symlink_to(elsewhere)
+    with atomic_folder(target) as tmp:
+        (tmp / "new.png").write_bytes(b"new")
+    assert not target.is_symlink() and sorted(p.name for p in target.iterdir()) == ["new.png"]
+    assert (elsewhere / "keep.png").read_bytes() == b"keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "figures"]

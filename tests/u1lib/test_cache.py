@@ -14,6 +14,7 @@ from tests.conftest import CONFIG_8B
 from u1lib.cache import CacheError, PrefixCacheReader, build_cache, bytes_per_token, cache_key, estimate
 from u1lib.data.prompts import PromptSpec, load_tokenizer
 from u1lib.data.reader import PackedDataset
+from u1lib.io import ForeignFilesError
 from u1lib.model.config import U1Config
 from u1lib.model.loading import load_model
 from u1lib.prefix import UNCOND_ID, PrefixEncoder
@@ -175,8 +176,8 @@ def test_a_folder_with_other_files_is_refused_before_anything_is_written(tiny_wo
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    with pytest.raises(CacheError, match=rf"{mine} holds files that are not a prefix cache's \(notes.txt\)"):
+    with pytest.raises(ForeignFilesError, match=rf"{mine} holds files `u1lib cache` did not write \(notes.txt\)"):
         build_cache(ws["snapshot_dir"], ws["manifest_path"], [ws["train_parquet"]], mine)
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
-    with pytest.raises(CacheError, match="is a file"):
+    with pytest.raises(ForeignFilesError, match="is a file"):
         build_cache(ws["snapshot_dir"], ws["manifest_path"], [ws["train_parquet"]], mine / "notes.txt")

@@ -1,4 +1,5 @@
-"""safetensors_bytes: a header rewritten for determinism stays a valid file for any key or metadata text."""
+"""u1lib.io: a safetensors header rewritten for determinism stays a valid file for any key or metadata text;
+the guard on folders a stage replaces names what it does not claim."""
 
 import itertools
 import json
@@ -8,7 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load, load_file
 
-from u1lib.io import safetensors_bytes, save_safetensors
+from u1lib.io import ForeignFilesError, refuse_foreign, safetensors_bytes, save_safetensors
 
 # accented Latin (NFC and NFD), CJK, emoji (with ZWJ and a variation selector), RTL, spaces, mixed
 NAMES = [
@@ -106,3 +107,17 @@ def test_a_written_file_is_the_deterministic_bytes_even_when_the_header_changes_
     assert (tmp_path / "longer.safetensors").read_bytes() == safetensors_bytes(tensors, metadata)
     loaded = load_file(tmp_path / "longer.safetensors")
     assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+
+
+def test_refuse_foreign_names_what_it_does_not_claim_and_accepts_what_it_does(tmp_path):
+    folder = tmp_path / "out"
+    refuse_foreign(folder, lambda name: False, "`u1lib x`")  # a missing folder holds nothing foreign
+    folder.mkdir()
+    for name in ("a.png", "b.png", "notes.txt", *(f"extra{k}" for k in range(6))):
+        (folder / name).write_text("x")
+    refuse_foreign(folder, lambda name: True, "`u1lib x`")
+    with pytest.raises(ForeignFilesError) as err:
+        refuse_foreign(folder, lambda name: name.endswith(".png"), "`u1lib x`")
+    assert "holds files `u1lib x` did not write (extra0, extra1, extra2, extra3, extra4 and 2 more)" in str(err.value)
+    with pytest.raises(ForeignFilesError, match="is a file"):
+        refuse_foreign(folder / "a.png", lambda name: True, "`u1lib x`")

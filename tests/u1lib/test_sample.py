@@ -264,6 +264,44 @@ def test_a_symlinked_target_pointing_elsewhere_is_refused(tiny_workspace, tmp_pa
     assert not (tmp_path / "elsewhere.png").exists()
 
 
+def _sample_into(ws, out, seeds):
+    return sample_variant(
+        snapshot_dir=ws["snapshot_dir"],
+        adapter=None,
+        out_dir=out,
+        variant="base",
+        prompts=[{"id": "p", "prompt": "a fox"}],
+        settings={**ONE_STEP, "seeds": seeds},
+    )
+
+
+def test_a_rerun_replaces_the_whole_set_and_a_failed_one_keeps_the_last(tiny_workspace, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    _sample_into(tiny_workspace, out, [0, 1])
+    _sample_into(tiny_workspace, out, [1])
+    assert sorted(p.name for p in out.iterdir()) == ["index.json", "p_seed1.png"]  # no stray from the last set
+    kept = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full_disk(path, obj):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("u1lib.sample.write_json", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        _sample_into(tiny_workspace, out, [2, 3])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folder left
+
+
+def test_a_folder_holding_other_files_is_refused_before_sampling(tiny_workspace, tmp_path, monkeypatch):
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.png").write_bytes(b"mine")
+    monkeypatch.setattr(Sampler, "images", lambda *a, **k: pytest.fail("sampled before refusing the folder"))
+    with pytest.raises(ValueError, match=rf"{out} holds files `u1lib sample` did not write \(holiday.png\)"):
+        _sample_into(tiny_workspace, out, [0])
+    assert [(p.name, p.read_bytes()) for p in out.iterdir()] == [("holiday.png", b"mine")]
+
+
 def test_a_run_logs_its_plan_and_progress_with_an_eta(tiny_workspace, tmp_path, caplog):
     settings = {"seeds": [0, 1, 2], "steps": 2, "width": 32, "height": 16, "batch_size": 2, "cfg_scale": 3.5}
     prompts = [{"id": "p", "prompt": "a rocket"}]

@@ -13,6 +13,7 @@ import yaml
 from u1lib.io import write_text
 from u1lib.train.inputs import RunFiles
 from u1lib.train.loop import train
+from u1lib.train.run_folder import claim_run_folder
 
 # each RunFiles field's flag: (flag, help); the fields without a default are required
 FILE_FLAGS = {
@@ -36,7 +37,7 @@ def run_training(settings: dict, files: RunFiles, *, gpus: int, prompt=None, on_
     if gpus <= 1:
         train(settings, prompt=prompt, on_incompatible=on_incompatible, **asdict(files))
         return
-    files.run_dir.mkdir(parents=True, exist_ok=True)
+    claim_run_folder(files.run_dir)  # before launch.yaml is written into it
     config = files.run_dir / "launch.yaml"
     write_text(config, yaml.safe_dump({"train": settings, "prompt": prompt or {}}, sort_keys=True))
     args = [*file_arguments(files), "--on-incompatible", on_incompatible]

@@ -2,10 +2,10 @@
 
 The lock is an ``flock`` on ``run_dir/.lock``: the kernel releases it when the process ends, however
 it ends, so a killed run never leaves a stale lock behind (on a network file system flock may only
-lock within one host). The history lives in memory and in each checkpoint, and is appended line by
-line to ``run_dir`` for anyone watching; a resume rewrites the files from the checkpoint, so lines
-that Snakemake deleted with a failed job, or that were written after the checkpoint, come back
-exactly as an uninterrupted run writes them.
+lock within one host), and the file stays as the mark of a run folder. The history lives in memory
+and in each checkpoint, and is appended line by line to ``run_dir`` for anyone watching; a resume
+rewrites the files from the checkpoint, so lines that Snakemake deleted with a failed job, or that
+were written after the checkpoint, come back exactly as an uninterrupted run writes them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import socket
 from pathlib import Path
 from typing import Iterator
 
-from u1lib.io import append_jsonl, read_jsonl, write_jsonl
+from u1lib.io import append_jsonl, read_jsonl, refuse_foreign, write_jsonl
 from u1lib.train.checkpoint import LOG_NAMES
 
 TRAIN_LOG, VAL_LOG = LOG_NAMES
@@ -27,10 +27,26 @@ class RunFolderBusy(RuntimeError):
     """Another live process trains in this run folder."""
 
 
+LOCK = ".lock"
+
+
+def claim_run_folder(run_dir: Path) -> None:
+    """Make ``run_dir`` a run folder; one that is neither new, empty nor a run folder is refused.
+
+    The lock file every training leaves behind tells a run folder from a folder of the user's, where
+    a fresh run would clear the logs, adapters and TensorBoard folders it finds.
+    """
+    if not (run_dir / LOCK).is_file():
+        refuse_foreign(run_dir, lambda name: False, "`u1lib train`")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / LOCK).touch()
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "a+", encoding="utf-8") as handle:
+    """Hold ``run_dir`` (a run folder, :func:`claim_run_folder`) for one training."""
+    claim_run_folder(run_dir)
+    with open(run_dir / LOCK, "a+", encoding="utf-8") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -187,6 +187,25 @@ def test_a_second_process_on_one_run_folder_is_refused_and_a_killed_one_releases
         pass
 
 
+def test_a_folder_that_is_not_a_run_folder_is_refused_untouched(tiny_workspace, tmp_path):
+    mine = tmp_path / "project"
+    (mine / "tensorboard").mkdir(parents=True)  # names a fresh run would clear or overwrite
+    (mine / "config.json").write_text("{}")
+    with pytest.raises(
+        ValueError, match=rf"{mine} holds files `u1lib train` did not write \(config.json, tensorboard\)"
+    ):
+        _run(tiny_workspace, mine)
+    assert sorted(p.name for p in mine.iterdir()) == ["config.json", "tensorboard"]
+    assert (mine / "config.json").read_text() == "{}"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with run_lock(empty):  # a new or empty folder becomes a run folder
+        pass
+    (empty / "train_log.jsonl").write_text("")
+    with run_lock(empty):  # and stays one, whatever it holds
+        pass
+
+
 def test_empty_validation_data_is_refused_and_missing_validation_is_recorded(tiny_workspace, tmp_path):
     import pyarrow.parquet as pq
 
