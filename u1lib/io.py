@@ -72,17 +72,27 @@ def refuse_foreign(folder: Path, ours: Callable[[str], bool], writer: str) -> No
     """Refuse a folder ``writer`` would replace or clear if it holds an entry ``ours`` does not claim.
 
     Stages replace their output folders as a whole (or remove what an earlier run left there), so
-    a user's folder given by mistake must be refused before anything in it changes.
+    a user's folder given by mistake must be refused before anything in it changes. A folder with no
+    file anywhere below it holds nothing to lose (Snakemake makes the folders of a job's outputs
+    before the job starts), so it is never foreign.
     """
     if folder.exists() and not folder.is_dir():
         raise ForeignFilesError(f"{folder} is a file: {writer} needs a folder of its own there")
-    foreign = sorted(p.name for p in folder.iterdir() if not ours(p.name)) if folder.exists() else []
+    entries = folder.iterdir() if folder.exists() else ()
+    foreign = sorted(p.name for p in entries if not ours(p.name) and not _holds_no_file(p))
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise ForeignFilesError(
             f"{folder} holds files {writer} did not write ({shown}); {writer} replaces or clears what it "
             "finds there, so nothing was written: give it a new or empty folder"
         )
+
+
+def _holds_no_file(path: Path) -> bool:
+    """A real folder with only folders (or nothing) below it."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    return all(_holds_no_file(child) for child in path.iterdir())
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

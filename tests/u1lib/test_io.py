@@ -121,3 +121,13 @@ def test_refuse_foreign_names_what_it_does_not_claim_and_accepts_what_it_does(tm
     assert "holds files `u1lib x` did not write (extra0, extra1, extra2, extra3, extra4 and 2 more)" in str(err.value)
     with pytest.raises(ForeignFilesError, match="is a file"):
         refuse_foreign(folder / "a.png", lambda name: True, "`u1lib x`")
+
+
+def test_refuse_foreign_passes_empty_folders_but_not_a_file_deep_inside_one(tmp_path):
+    """Snakemake makes the folders of a job's outputs before it starts; they hold nothing to lose."""
+    folder = tmp_path / "run"
+    (folder / "previews" / "step-1").mkdir(parents=True)
+    refuse_foreign(folder, lambda name: False, "`u1lib x`")
+    (folder / "previews" / "step-1" / "mine.png").write_text("x")
+    with pytest.raises(ForeignFilesError, match=r"\(previews\)"):
+        refuse_foreign(folder, lambda name: False, "`u1lib x`")

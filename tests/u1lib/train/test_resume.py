@@ -190,6 +190,7 @@ def test_a_second_process_on_one_run_folder_is_refused_and_a_killed_one_releases
 def test_a_folder_that_is_not_a_run_folder_is_refused_untouched(tiny_workspace, tmp_path):
     mine = tmp_path / "project"
     (mine / "tensorboard").mkdir(parents=True)  # names a fresh run would clear or overwrite
+    (mine / "tensorboard" / "events.out").write_text("mine")
     (mine / "config.json").write_text("{}")
     with pytest.raises(
         ValueError, match=rf"{mine} holds files `u1lib train` did not write \(config.json, tensorboard\)"
@@ -197,8 +198,9 @@ def test_a_folder_that_is_not_a_run_folder_is_refused_untouched(tiny_workspace, 
         _run(tiny_workspace, mine)
     assert sorted(p.name for p in mine.iterdir()) == ["config.json", "tensorboard"]
     assert (mine / "config.json").read_text() == "{}"
+    assert (mine / "tensorboard" / "events.out").read_text() == "mine"
     empty = tmp_path / "empty"
-    empty.mkdir()
+    (empty / "previews").mkdir(parents=True)  # as Snakemake makes the folders of the train job's outputs
     with run_lock(empty):  # a new or empty folder becomes a run folder
         pass
     (empty / "train_log.jsonl").write_text("")
