@@ -236,14 +236,13 @@ def apply_memory_plan(
     swap_layers: int = 0,
     slots: int = 2,
     compile: bool = False,
-    dynamic: bool | None = None,
     section: str = "train",
 ) -> None:
     """Recomputed layers, kept attention outputs, streamed layers and compilation, checked together.
 
     Call after the trainable surface is set (streaming moves only frozen weights). Streamed layers
     must be recomputed in backward, so they are spread over the recomputed ones; asking for more than
-    there are is refused naming ``section``'s keys. ``dynamic`` is torch.compile's.
+    there are is refused naming ``section``'s keys.
     """
     layers = model.config.num_hidden_layers
     model.recompute_layers = recomputed_layers(checkpointing, layers)
@@ -258,4 +257,4 @@ def apply_memory_plan(
             )
         enable_swap(model, [recomputed[i] for i in spread(swap_layers, len(recomputed))], slots=slots)
     if compile:
-        model.compile_layers(dynamic=dynamic)
+        model.compile_layers()

@@ -38,7 +38,7 @@ from u1lib.train.progress import TrainProgress
 from u1lib.train.resume import choose_checkpoint
 from u1lib.train.run_folder import RunLogs, run_lock
 from u1lib.train.settings import TrainSettings
-from u1lib.train.setup import batches, load_base, make_surface, open_inputs, shapes_vary
+from u1lib.train.setup import batches, load_base, make_surface, open_inputs
 from u1lib.train.stop import TrainingInterrupted, stop_on_signals
 from u1lib.train.summary import run_metrics
 from u1lib.train.timesteps import sample_t
@@ -67,7 +67,7 @@ class Trainer:
             self.model, self.baked = load_base(s, snapshot_dir, self.device, self.base_dtype)
         self.t_eps = self.model.config.t_eps if s.t_eps is None else s.t_eps
         with self.clock.phase("surface"):
-            self.surface, self.trainable = make_surface(s, self.model, shapes_vary(s, self.train_data))
+            self.surface, self.trainable = make_surface(s, self.model)
             self.reducer = self.dist.gradient_reducer(list(self.trainable.values()))
             self.optimizer = make_optimizer(list(self.trainable.values()), s, self.device)
             self.ema = WeightEma(self.trainable, s.ema)

@@ -52,24 +52,10 @@ def load_base(s: TrainSettings, snapshot_dir, device: torch.device, dtype: torch
     return model, bake_upstream_lora(model, s.upstream_lora)
 
 
-def shapes_vary(s: TrainSettings, data: PackedDataset) -> bool:
-    """Whether the compiled layers see other shapes from step to step: several image sizes in the
-    training data, or prefixes computed online (their lengths differ)."""
-    return len(set(zip(data.widths, data.heights))) > 1 or s.memory_mode == "online_prefix"
-
-
-def make_surface(
-    s: TrainSettings, model: U1Model, varying_shapes: bool = False
-) -> tuple[TrainableSurface, dict[str, torch.nn.Parameter]]:
+def make_surface(s: TrainSettings, model: U1Model) -> tuple[TrainableSurface, dict[str, torch.nn.Parameter]]:
     """Wrap the LoRA targets and unfreeze the full fine-tune patterns, store the frozen base in FP8
     where asked, then apply the memory plan (after the surface: only frozen weights stream); returns
-    the surface and its trainable tensors.
-
-    With ``varying_shapes`` the layers compile for symbolic shapes at once: left to dynamo, the first
-    step's static graphs are thrown away at the first new shape and compiled again (5-22 s at the
-    workflow's fourth step on the H200). A first batch whose token count equals the model width
-    (4096 tokens, a 1024² image on the 8B model) still gets static graphs: dynamo gives equal sizes
-    one symbol, and the width is fixed by the weights."""
+    the surface and its trainable tensors."""
     surface = TrainableSurface.resolve(s.lora, s.full_ft, model.config)
     torch.manual_seed(s.seed)  # adapter init
     names = make_trainable(model, surface, dropout=s.lora_dropout)
@@ -81,7 +67,6 @@ def make_surface(
         keep_attention=s.keep_attention,
         swap_layers=s.swap_layers,
         compile=s.compile,
-        dynamic=True if varying_shapes else None,
     )
     params = dict(model.named_parameters())
     return surface, {n: params[n] for n in names}

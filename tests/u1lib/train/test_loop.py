@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from u1lib.data.reader import PackedDataset
 from u1lib.io import read_json, read_jsonl
 from u1lib.train import loop
 from u1lib.train.checkpoint import list_checkpoints
@@ -275,7 +274,7 @@ def test_validation_and_previews_run_eagerly_unless_compiling_them_pays(tiny_wor
         return gm.forward
 
     real = U1Model.compile_layers
-    monkeypatch.setattr(U1Model, "compile_layers", lambda self, **options: real(self, **options, backend=counting))
+    monkeypatch.setattr(U1Model, "compile_layers", lambda self: real(self, backend=counting))
     runs = {}
     for compile_eval in ("auto", True):  # auto: a few validation items, far from paying back
         graphs.clear()
@@ -287,37 +286,6 @@ def test_validation_and_previews_run_eagerly_unless_compiling_them_pays(tiny_wor
         assert read_jsonl(tmp_path / f"eval{compile_eval}" / "val_log.jsonl")
     assert runs["auto"] and all(runs["auto"])  # training graphs only: every one traced with grad on
     assert not all(runs[True])  # compiled eval adds the no-grad graphs of validation and previews
-
-
-def test_several_image_sizes_compile_each_layer_function_once(tiny_workspace, tmp_path, monkeypatch):
-    """The tiny data holds three image sizes: the layers compile for symbolic shapes at the first step
-    rather than static graphs that the first new size throws away (each graph dynamo traces is counted).
-
-    Seed 3 starts on a 70-token image: a first size equal to the width of the model (64 tokens) would
-    share its symbol and be specialised, a coincidence of the 8B model at 1024² (4096 tokens) too."""
-    from u1lib.model.u1 import U1Model
-    from u1lib.train import setup
-
-    traced = []
-
-    def counting(gm, example_inputs):
-        traced.append(gm)
-        return gm.forward
-
-    real = U1Model.compile_layers
-    monkeypatch.setattr(U1Model, "compile_layers", lambda self, **options: real(self, **options, backend=counting))
-    data = PackedDataset(tiny_workspace["train_parquet"])
-    assert len(set(zip(data.widths, data.heights))) == 3 and setup.shapes_vary(TrainSettings(), data)
-    counts = {}
-    for name, vary in (("symbolic", setup.shapes_vary), ("left to dynamo", lambda s, data: False)):
-        monkeypatch.setattr(loop, "shapes_vary", vary)
-        traced.clear()
-        torch._dynamo.reset()
-        settings = dict(steps=6, batch_size=1, val_every=0, ckpt_every=0, compile=True, seed=3)
-        _run(tiny_workspace, tmp_path / name.replace(" ", "-"), **settings)
-        counts[name] = len(traced)
-    # gen_qkv and gen_out, each for an input with and without grad (the first layer's has none)
-    assert counts == {"symbolic": 4, "left to dynamo": 8}
 
 
 @pytest.mark.parametrize(
