@@ -7,7 +7,6 @@ from pathlib import Path
 
 import yaml
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
 # The Snakefile's folder is first on sys.path, so this is the u1lib beside it; the job scripts
 # import that same copy (workflow_scripts/job_setup.py), so the code hashed below is the code that runs.
@@ -48,9 +47,11 @@ def planned(function, *args, **kwargs):
         raise WorkflowError(str(err)) from None
 
 
-SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
-planned(plan.check_config, config, SCHEMA)
-validate(config, str(SCHEMA_PATH))  # fills every default
+SCHEMA = yaml.load(
+    SCHEMA_PATH.read_text(encoding="utf-8"),
+    Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader),
+)
+planned(plan.check_config, config, SCHEMA)  # and fills every default
 canonical = plan.canonical
 
 

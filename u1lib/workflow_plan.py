@@ -10,6 +10,7 @@ the config gives them (relative to the working directory).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from jsonschema import Draft202012Validator, validators
 
 from u1lib.config_errors import config_problems, problems_message
 from u1lib.data.sources import IMAGE_SUFFIXES
@@ -36,10 +38,24 @@ class ConfigProblems(ValueError):
 
 
 def check_config(config: dict, schema: dict) -> None:
-    """Refuse a config the schema does not describe, with every problem at once (before Snakemake's
-    own validation, which stops at the first and names it less clearly)."""
+    """Refuse a config the schema does not describe, with every problem at once; then fill in every
+    default the schema gives for a key the config leaves out (of the objects it holds, and of the
+    objects those defaults add)."""
     if problems := config_problems(config, schema):
         raise ConfigProblems("invalid config", problems)
+    _DefaultFilling(schema).validate(config)
+
+
+def _fill_defaults(validator, properties, instance, schema):
+    """jsonschema's ``properties`` keyword that first sets each missing property's default."""
+    if isinstance(instance, dict):
+        for name, subschema in properties.items():
+            if "default" in subschema and name not in instance:
+                instance[name] = copy.deepcopy(subschema["default"])
+    yield from Draft202012Validator.VALIDATORS["properties"](validator, properties, instance, schema)
+
+
+_DefaultFilling = validators.extend(Draft202012Validator, {"properties": _fill_defaults})
 
 
 def from_workdir(path: Path) -> Path:

@@ -163,6 +163,35 @@ def test_check_config_names_every_problem_at_once():
     assert any("trian" in p for p in caught.value.problems) and any("steps" in p for p in caught.value.problems)
 
 
+def test_check_config_fills_the_defaults_of_what_is_left_out_and_keeps_what_is_given():
+    schema = {
+        "type": "object",
+        "properties": {
+            "train": {
+                "type": "object",
+                "default": {},
+                "properties": {"steps": {"type": "integer", "default": 10}, "axes": {"default": {"a": [1]}}},
+            },
+            "sample": {"type": "object", "properties": {"seeds": {"default": [0]}}},
+        },
+    }
+    empty = {}
+    plan.check_config(empty, schema)
+    assert empty == {"train": {"steps": 10, "axes": {"a": [1]}}}  # a default object gets its own defaults
+    empty["train"]["axes"]["a"].append(2)
+    assert schema["properties"]["train"]["properties"]["axes"]["default"] == {"a": [1]}  # copies, not shared
+    given = {"train": {"steps": 3}, "sample": {}}
+    plan.check_config(given, schema)
+    assert given == {"train": {"steps": 3, "axes": {"a": [1]}}, "sample": {"seeds": [0]}}
+
+
+def test_the_whole_schema_fills_a_config_that_names_nothing():
+    config = {}
+    plan.check_config(config, SCHEMA)
+    assert config["train"]["steps"] == SCHEMA["properties"]["train"]["properties"]["steps"]["default"]
+    assert set(config) == {k for k, sub in SCHEMA["properties"].items() if "default" in sub}
+
+
 def test_wildcard_regex_matches_exactly_the_names():
     import re
 
