@@ -69,17 +69,17 @@ class ForeignFilesError(ValueError):
 
 
 def refuse_foreign(folder: Path, ours: Callable[[str], bool], writer: str) -> None:
-    """Refuse a folder ``writer`` would replace or clear if it holds an entry ``ours`` does not claim.
+    """Refuse a folder ``writer`` would replace or clear if it holds a file ``ours`` does not claim.
 
     Stages replace their output folders as a whole (or remove what an earlier run left there), so
-    a user's folder given by mistake must be refused before anything in it changes. A folder with no
-    file anywhere below it holds nothing to lose (Snakemake makes the folders of a job's outputs
-    before the job starts), so it is never foreign.
+    a user's folder given by mistake must be refused before anything in it changes. ``ours`` is
+    asked about every file and link below ``folder``, by its path relative to it (``a/b.png``);
+    folders that hold no file hold nothing to lose (Snakemake makes the folders of a job's outputs
+    before the job starts).
     """
     if folder.exists() and not folder.is_dir():
         raise ForeignFilesError(f"{folder} is a file: {writer} needs a folder of its own there")
-    entries = folder.iterdir() if folder.exists() else ()
-    foreign = sorted(p.name for p in entries if not ours(p.name) and not _holds_no_file(p))
+    foreign = sorted(name for name in _files_below(folder) if not ours(name))
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise ForeignFilesError(
@@ -88,11 +88,13 @@ def refuse_foreign(folder: Path, ours: Callable[[str], bool], writer: str) -> No
         )
 
 
-def _holds_no_file(path: Path) -> bool:
-    """A real folder with only folders (or nothing) below it."""
-    if path.is_symlink() or not path.is_dir():
-        return False
-    return all(_holds_no_file(child) for child in path.iterdir())
+def _files_below(folder: Path) -> Iterator[str]:
+    """Relative paths of the files and links below ``folder`` (links are not followed)."""
+    for root, dirs, files in os.walk(folder):
+        here = Path(root).relative_to(folder)
+        links = [name for name in dirs if os.path.islink(os.path.join(root, name))]
+        dirs[:] = [name for name in dirs if name not in links]
+        yield from ((here / name).as_posix() for name in (*files, *links))
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

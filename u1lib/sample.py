@@ -37,7 +37,7 @@ progress = logging.getLogger("u1lib.progress")
 # beyond these a CPU takes minutes per image: worth a word before the wait starts
 CPU_QUICK_PIXELS, CPU_QUICK_STEPS = 256 * 256, 20
 INDEX = "index.json"
-_SAMPLE_FILE = re.compile(rf".+_seed\d+\.png|{re.escape(INDEX)}")
+_SAMPLE_FILE = re.compile(rf"[^/]+_seed\d+\.png|{re.escape(INDEX)}")
 
 
 def _inside(folder: Path, name: str) -> Path:

@@ -129,5 +129,18 @@ def test_refuse_foreign_passes_empty_folders_but_not_a_file_deep_inside_one(tmp_
     (folder / "previews" / "step-1").mkdir(parents=True)
     refuse_foreign(folder, lambda name: False, "`u1lib x`")
     (folder / "previews" / "step-1" / "mine.png").write_text("x")
-    with pytest.raises(ForeignFilesError, match=r"\(previews\)"):
+    with pytest.raises(ForeignFilesError, match=r"\(previews/step-1/mine.png\)"):
         refuse_foreign(folder, lambda name: False, "`u1lib x`")
+
+
+def test_refuse_foreign_asks_about_every_file_below_by_its_relative_path_and_follows_no_link(tmp_path):
+    folder, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    (folder / "a" / "b").mkdir(parents=True)
+    elsewhere.mkdir()
+    (elsewhere / "inside.png").write_text("x")
+    (folder / "top.png").write_text("x")
+    (folder / "a" / "b" / "deep_seed1.png").write_text("x")
+    (folder / "link").symlink_to(elsewhere)
+    asked = []
+    refuse_foreign(folder, lambda name: asked.append(name) or True, "`u1lib x`")
+    assert sorted(asked) == ["a/b/deep_seed1.png", "link", "top.png"]

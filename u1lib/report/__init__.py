@@ -203,14 +203,14 @@ def build_report(
         runs_part,
         provenance_part,
     )
-    write_text(out_html, page)
-    if artifacts is not None:
+    if artifacts is not None:  # first: a folder it refuses stops the report before the page is written
         write_artifacts(
             artifacts,
             figures={sections.BEST_VALIDATION_FIGURE: dots, **curves},
             tables={name: table for name, table in table_parts.items() if table is not None},
             runs=shown,
         )
+    write_text(out_html, page)
 
 
 def cli(verb: str, argv: list[str]) -> int:

@@ -11,7 +11,7 @@ import shutil
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from u1lib.io import atomic_folder, write_bytes, write_text
+from u1lib.io import atomic_folder, refuse_foreign, write_bytes, write_text
 from u1lib.report.collect import Key, Run
 from u1lib.report.tables import Cell, Link, Table
 
@@ -63,12 +63,24 @@ class ArtifactFolders:
         return cls(**{kind.name: Path(root) / kind.name for kind in fields(cls)})
 
 
+# what each folder holds, by path relative to it (anything else there is a user's: refused)
+_WRITES = {
+    "tables": re.compile(r"[a-z0-9_]+\.tsv"),  # slug() names
+    "figures": re.compile(r"[a-z0-9_]+\.png"),
+    "samples": re.compile(r"[^/]+/[^/]+_seed\d+\.png"),
+    "previews": re.compile(r"[^/]+/step-\d{8}/[^/]+_seed\d+\.png"),
+}
+
+
 def write_artifacts(
     folders: ArtifactFolders, *, figures: dict[str, bytes | None], tables: dict[str, Table], runs: list[Run]
 ) -> None:
     """Each folder replaced as a whole: ``tables/<name>.tsv``, ``figures/<title>.png`` (figures with
     nothing to show are left out), ``samples/<variant>/`` and ``previews/<variant>/step-<8-digit N>/``
-    holding ``<prompt_id>_seed<seed>.png``."""
+    holding ``<prompt_id>_seed<seed>.png``. A folder holding any other file is refused before any
+    folder changes."""
+    for kind in fields(folders):
+        refuse_foreign(getattr(folders, kind.name), _WRITES[kind.name].fullmatch, "`u1lib report`")
     with atomic_folder(folders.tables) as folder:
         for name, table in tables.items():
             write_text(folder / f"{slug(name)}.tsv", table_tsv(table))

@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 from PIL import Image
 from test_report import PROMPT_SET, PROVENANCE, make_grid, section
 
+from u1lib.io import ForeignFilesError
 from u1lib.report import build_report, cli
 from u1lib.report.artifacts import ArtifactFolders
 
@@ -72,3 +74,24 @@ def test_the_report_verb_writes_the_files_where_files_points(tmp_path):
     assert cli("report", argv) == 0
     assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["figures", "previews", "samples", "tables"]
     assert (tmp_path / "parts" / "tables" / "leaderboard.tsv").is_file()
+
+
+def test_a_files_folder_holding_the_users_files_is_refused_before_anything_is_written(tmp_path):
+    run_dirs, variants = make_grid(tmp_path / "runs", 2, steps=40)
+    files, options = tmp_path / "pictures", {"provenance": PROVENANCE, "prompt_set": PROMPT_SET}
+    (files / "samples" / "holiday").mkdir(parents=True)
+    (files / "samples" / "holiday" / "beach.jpg").write_bytes(b"mine")
+    (files / "figures").mkdir()
+    (files / "figures" / "plot.png").write_bytes(b"mine, named as the report names its figures")
+    with pytest.raises(ForeignFilesError, match=r"samples holds files `u1lib report` did not write \(holiday/beach"):
+        build_report(
+            run_dirs, tmp_path / "r.html", variants=variants, artifacts=ArtifactFolders.under(files), **options
+        )
+    assert not (tmp_path / "r.html").exists() and not (files / "tables").exists()
+    assert (files / "samples" / "holiday" / "beach.jpg").read_bytes() == b"mine"
+    assert (files / "figures" / "plot.png").is_file()
+    (files / "samples" / "holiday" / "beach.jpg").unlink()  # left: only what a report writes, and empty folders
+    build_report(run_dirs, tmp_path / "r.html", variants=variants, artifacts=ArtifactFolders.under(files), **options)
+    build_report(run_dirs, tmp_path / "r.html", variants=variants, artifacts=ArtifactFolders.under(files), **options)
+    assert not (files / "figures" / "plot.png").exists()  # a name of the report's kind is the report's to replace
+    assert sorted(p.name for p in (files / "samples").iterdir()) == sorted(run_dirs)

@@ -193,7 +193,7 @@ def test_a_folder_that_is_not_a_run_folder_is_refused_untouched(tiny_workspace, 
     (mine / "tensorboard" / "events.out").write_text("mine")
     (mine / "config.json").write_text("{}")
     with pytest.raises(
-        ValueError, match=rf"{mine} holds files `u1lib train` did not write \(config.json, tensorboard\)"
+        ValueError, match=rf"{mine} holds files `u1lib train` did not write \(config.json, tensorboard/events.out\)"
     ):
         _run(tiny_workspace, mine)
     assert sorted(p.name for p in mine.iterdir()) == ["config.json", "tensorboard"]
