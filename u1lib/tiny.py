@@ -26,9 +26,9 @@ import argparse
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
-from u1lib.io import save_safetensors, sha256_file, write_json, write_text
+from u1lib.io import atomic_folder, refuse_foreign, save_safetensors, sha256_file, write_json, write_text
 from u1lib.model.config import U1Config
 from u1lib.model.keys import parameter_shapes
 from u1lib.tiny_config import VARIANTS, tiny_config_dict
@@ -91,20 +91,43 @@ def build_tiny_snapshot(out_dir: str | Path, seed: int = 0, variant: str = "u1",
     """Write config.json, model.safetensors and the tokenizer files of the tiny model into ``out_dir``.
 
     ``variant`` picks the architecture (:data:`VARIANTS`), ``weights`` pretrained or random weights
-    (:data:`WEIGHTS`, the module docstring); the tokenizer is the same for all.
+    (:data:`WEIGHTS`, the module docstring); the tokenizer is the same for all. The folder is
+    replaced whole, and one holding anything but an earlier tiny build is refused untouched: a model
+    folder given by mistake keeps its weights.
     """
     out_dir = Path(out_dir)
+    refuse_foreign(out_dir, lambda name: is_tiny_file(out_dir, name), "`u1lib tiny`")
     kind = resolve_weights(weights, variant, seed)
     tokenizer = train_tokenizer()
     config = tiny_config_dict(vocab_size_of(tokenizer), variant)
     cfg = U1Config.from_upstream_dict(config, source=f"tiny_config_dict(variant={variant!r})")
     tensors = pretrained_weights(cfg) if kind == "pretrained" else random_weights(cfg, seed)
-    metadata = {"format": "pt", "u1lib.tiny_seed": str(seed), "u1lib.tiny_weights": kind}
-    write_json(out_dir / "config.json", config)
-    save_safetensors(out_dir / "model.safetensors", tensors, metadata)
-    write_text(out_dir / "tokenizer.json", tokenizer.to_str(pretty=True) + "\n")
-    write_json(out_dir / "tokenizer_config.json", tokenizer_config_dict(tokenizer))
+    metadata = {"format": "pt", _SEED_KEY: str(seed), "u1lib.tiny_weights": kind}
+    with atomic_folder(out_dir) as folder:
+        write_json(folder / "config.json", config)
+        save_safetensors(folder / "model.safetensors", tensors, metadata)
+        write_text(folder / "tokenizer.json", tokenizer.to_str(pretty=True) + "\n")
+        write_json(folder / "tokenizer_config.json", tokenizer_config_dict(tokenizer))
     return out_dir
+
+
+_SEED_KEY = "u1lib.tiny_seed"
+TINY_FILES = frozenset({"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"})
+
+
+def is_tiny_file(folder: Path, name: str) -> bool:
+    """Whether ``folder/name`` is a file a tiny build writes; weights count only when their metadata
+    names the tiny builder (a real model's single-file weights bear the same name)."""
+    path = folder / name
+    if name not in TINY_FILES or path.is_symlink():
+        return False
+    if name != "model.safetensors":
+        return True
+    try:
+        with safe_open(str(path), "pt") as handle:
+            return _SEED_KEY in (handle.metadata() or {})
+    except (OSError, SafetensorError):  # unreadable or not safetensors: not ours either
+        return False
 
 
 def cli(verb: str, argv: list[str]) -> int:

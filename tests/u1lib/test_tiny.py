@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerFast
@@ -155,3 +156,44 @@ def test_unknown_variant_is_named(tmp_path):
     with pytest.raises(ValueError, match="variant 'u2' is not one of u1, u15"):
         build_tiny_snapshot(tmp_path / "x", variant="u2")
     assert not (tmp_path / "x").exists()
+
+
+def test_a_model_folder_given_by_mistake_keeps_its_files_and_an_earlier_build_is_replaced(snapshot, tmp_path):
+    from u1lib.io import ForeignFilesError
+    from u1lib.io import save_safetensors as save
+
+    real = tmp_path / "real"  # a downloaded single-file model bears the tiny build's names
+    real.mkdir()
+    (real / "config.json").write_text('{"real": true}')
+    save(real / "model.safetensors", {"w": torch.ones(2)}, {"format": "pt"})
+    with pytest.raises(ForeignFilesError, match=r"real holds files `u1lib tiny` did not write \(model.safetensors\)"):
+        build_tiny_snapshot(real)
+    assert (real / "config.json").read_text() == '{"real": true}' and len(list(real.iterdir())) == 2
+    (real / "README.md").write_text("mine")
+    (real / "model.safetensors").unlink()
+    with pytest.raises(ForeignFilesError, match=r"\(README.md\)"):
+        build_tiny_snapshot(real)
+    again = tmp_path / "again"
+    build_tiny_snapshot(again, seed=1)
+    build_tiny_snapshot(again, seed=0)  # an earlier tiny build is rebuilt in place
+    assert file_hashes(again) == file_hashes(snapshot)
+
+
+def test_a_random_full_size_snapshot_refuses_a_real_model_folder_and_rebuilds_its_own(snapshot, tmp_path):
+    from u1lib.bench.random_snapshot import write_random_snapshot
+    from u1lib.io import ForeignFilesError
+
+    real = tmp_path / "real"
+    real.mkdir()
+    for name in ("config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors"):
+        (real / name).write_text("real")
+    with pytest.raises(ForeignFilesError, match=r"\(model-00001-of-00002.safetensors\)"):
+        write_random_snapshot(real, snapshot / "config.json")
+    assert all((real / name).read_text() == "real" for name in os.listdir(real))
+    out = tmp_path / "random"
+    for _ in range(2):  # the second run replaces the first
+        write_random_snapshot(out, snapshot / "config.json", shard_gib=1e-4)
+        index = json.loads((out / "model.safetensors.index.json").read_text())
+        shards = sorted(set(index["weight_map"].values()))
+        assert len(shards) > 1 and sorted(p.name for p in out.glob("model-*")) == shards
+        assert set(index["weight_map"]) == set(parameter_shapes(U1Config.from_file(snapshot)))
