@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from u1lib.data.sources import CAPTION_SUFFIX, IMAGE_SUFFIXES
-from u1lib.io import write_bytes, write_text
+from u1lib.io import refuse_foreign, write_bytes, write_text
 
 
 def skimage_data_dir() -> Path:
@@ -63,13 +63,7 @@ def write_demo_folder(captions_yaml: str | os.PathLike, out_dir: str | os.PathLi
         )
     out_dir = Path(out_dir)
     expected = {name for name in captions} | {Path(name).stem + CAPTION_SUFFIX for name in captions}
-    if out_dir.is_dir():
-        stray = sorted(set(os.listdir(out_dir)) - expected)
-        if stray:
-            raise FileExistsError(
-                f"{out_dir}: holds files that are not part of the demo set: {', '.join(stray)}; "
-                "remove them or choose another folder"
-            )
+    refuse_foreign(out_dir, expected.__contains__, "`u1lib demo`")
     for name, caption in captions.items():
         write_bytes(out_dir / name, (data_dir / name).read_bytes())
         write_text(out_dir / (Path(name).stem + CAPTION_SUFFIX), " ".join(caption.split()) + "\n")

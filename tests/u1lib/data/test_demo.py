@@ -7,6 +7,7 @@ from u1lib.data import demo
 from u1lib.data.buckets import BucketSpec
 from u1lib.data.demo import load_demo_captions, skimage_data_dir, write_demo_folder
 from u1lib.data.pack import pack
+from u1lib.io import ForeignFilesError
 
 CAPTIONS = Path(__file__).resolve().parents[3] / "config" / "demo_captions.yaml"
 
@@ -35,7 +36,7 @@ def test_demo_folder_packs_without_a_skipped_item(tmp_path):
 
 def test_stray_files_in_the_output_folder_are_refused(tmp_path):
     (tmp_path / "old.jpg").write_bytes(b"x")
-    with pytest.raises(FileExistsError, match="old.jpg"):
+    with pytest.raises(ForeignFilesError, match=r"holds files `u1lib demo` did not write \(old.jpg\)"):
         write_demo_folder(CAPTIONS, tmp_path)
 
 
