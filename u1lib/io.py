@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import glob
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -42,12 +45,18 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; if the block succeeds it replaces ``path`` as a whole.
 
     Readers see the old folder or the new one, never a mix; a failure leaves the old one and no
-    temporary folder behind.
+    temporary folder behind. The writer holds an ``flock`` on its temporary folder, so what a killed
+    writer left beside ``path`` (a half-built cache can be gigabytes) is recognised by the next
+    writer, no process holding it, and removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_UMASK)
+    held = os.open(tmp, os.O_RDONLY)
+    with contextlib.suppress(OSError):  # a file system without flock (some NFS, Lustre): leftovers stay
+        fcntl.flock(held, fcntl.LOCK_EX)  # released when this process ends, however it ends
     try:
         yield tmp
         if path.exists():
@@ -61,7 +70,34 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
         else:
             tmp.rename(path)
     finally:
+        os.close(held)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+_ABANDONED_AFTER_S = 60  # younger temporary folders may be a writer's between mkdtemp and flock
+
+
+def _remove_abandoned(path: Path) -> None:
+    """Remove the temporary folders (and replaced ``.old`` ones) of writers of ``path`` that died."""
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"):
+        if not leftover.name.endswith((".tmp", ".tmp.old")):
+            continue
+        if leftover.is_symlink():  # a replaced link: the folder it points to is not ours
+            leftover.unlink()
+        elif leftover.is_dir() and time.time() - leftover.stat().st_mtime > _ABANDONED_AFTER_S:
+            if not _held_by_a_writer(leftover):
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _held_by_a_writer(folder: Path) -> bool:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held, or a file system that cannot tell: keep it
+        return True
+    finally:
+        os.close(fd)  # also releases the lock just taken
+    return False
 
 
 class ForeignFilesError(ValueError):

@@ -48,3 +48,46 @@ def test_a_linked_folder_is_replaced_and_its_target_left_alone(tmp_path):
     assert not target.is_symlink() and sorted(p.name for p in target.iterdir()) == ["new.png"]
     assert (elsewhere / "keep.png").read_bytes() == b"keep"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "figures"]
+
+
+def test_what_a_killed_writer_left_is_removed_and_a_live_writers_folder_is_not(tmp_path):
+    import fcntl
+    import os
+    import time
+
+    target = tmp_path / "cache"
+    old = time.time() - 3600
+    killed, replaced = tmp_path / ".cache.k1ll3d.tmp", tmp_path / ".cache.k1ll3d.tmp.old"
+    live, fresh = tmp_path / ".cache.l1v3.tmp", tmp_path / ".cache.fr3sh.tmp"
+    for folder in (killed, replaced, live, fresh):
+        folder.mkdir()
+        (folder / "shard-00000.safetensors").write_bytes(b"half")
+    for folder in (killed, replaced, live):
+        os.utime(folder, (old, old))
+    (tmp_path / ".other.k1ll3d.tmp").mkdir()  # another output's: not this writer's to judge
+    os.utime(tmp_path / ".other.k1ll3d.tmp", (old, old))
+    holder = os.open(live, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # as a running writer holds its folder
+    try:
+        with atomic_folder(target) as tmp:
+            (tmp / "manifest.parquet").write_bytes(b"new")
+    finally:
+        os.close(holder)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [".cache.fr3sh.tmp", ".cache.l1v3.tmp", ".other.k1ll3d.tmp", "cache"]
+    assert (live / "shard-00000.safetensors").read_bytes() == b"half"
+
+
+def test_a_writer_holds_its_own_temporary_folder_for_as_long_as_it_writes(tmp_path):
+    import os
+    import time
+
+    target = tmp_path / "samples"
+    with atomic_folder(target) as first:
+        (first / "a_seed0.png").write_bytes(b"first")
+        old = time.time() - 3600
+        os.utime(first, (old, old))  # as a long build's folder looks to a second writer
+        with atomic_folder(tmp_path / "samples") as second:
+            (second / "b_seed0.png").write_bytes(b"second")
+        assert (first / "a_seed0.png").read_bytes() == b"first"
+    assert sorted(p.name for p in target.iterdir()) == ["a_seed0.png"]
