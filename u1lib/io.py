@@ -23,12 +23,14 @@ _SAFETENSORS_ALIGNMENT = 8  # the header is padded so the tensor buffer starts 8
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only if the block succeeds.
 
-    A crash or a full disk leaves the previous file intact and no half-written one behind.
+    A crash or a full disk leaves the previous file intact and no half-written one behind; what a
+    killed writer left is removed by the next writer of ``path`` (as for :func:`atomic_folder`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    _remove_abandoned(path)
+    held, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _hold(held)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; finished files get ordinary permissions
     tmp_path = Path(tmp)
     try:
@@ -37,6 +39,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(handle.fileno())
         os.replace(tmp_path, path)
     finally:
+        os.close(held)
         tmp_path.unlink(missing_ok=True)
 
 
@@ -55,8 +58,7 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_UMASK)
     held = os.open(tmp, os.O_RDONLY)
-    with contextlib.suppress(OSError):  # a file system without flock (some NFS, Lustre): leftovers stay
-        fcntl.flock(held, fcntl.LOCK_EX)  # released when this process ends, however it ends
+    _hold(held)
     try:
         yield tmp
         if path.exists():
@@ -74,19 +76,27 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-_ABANDONED_AFTER_S = 60  # younger temporary folders may be a writer's between mkdtemp and flock
+_ABANDONED_AFTER_S = 60  # younger temporaries may be a writer's between mkstemp/mkdtemp and flock
+
+
+def _hold(fd: int) -> None:
+    """Mark a temporary file or folder as in use for as long as this process keeps ``fd`` open."""
+    with contextlib.suppress(OSError):  # a file system without flock (some NFS, Lustre): leftovers stay
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when the process ends, however it ends
 
 
 def _remove_abandoned(path: Path) -> None:
-    """Remove the temporary folders (and replaced ``.old`` ones) of writers of ``path`` that died."""
+    """Remove the temporary files or folders (and replaced ``.old`` ones) of writers of ``path`` that died."""
     for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"):
         if not leftover.name.endswith((".tmp", ".tmp.old")):
             continue
-        if leftover.is_symlink():  # a replaced link: the folder it points to is not ours
+        if leftover.is_symlink():  # a replaced link: what it points to is not ours
             leftover.unlink()
-        elif leftover.is_dir() and time.time() - leftover.stat().st_mtime > _ABANDONED_AFTER_S:
-            if not _held_by_a_writer(leftover):
+        elif time.time() - leftover.stat().st_mtime > _ABANDONED_AFTER_S and not _held_by_a_writer(leftover):
+            if leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
 
 
 def _held_by_a_writer(folder: Path) -> bool:

@@ -91,3 +91,17 @@ def test_a_writer_holds_its_own_temporary_folder_for_as_long_as_it_writes(tmp_pa
             (second / "b_seed0.png").write_bytes(b"second")
         assert (first / "a_seed0.png").read_bytes() == b"first"
     assert sorted(p.name for p in target.iterdir()) == ["a_seed0.png"]
+
+
+def test_a_half_written_file_of_a_killed_writer_is_removed_by_the_next_write(tmp_path):
+    import os
+    import time
+
+    from u1lib.io import write_bytes
+
+    killed = tmp_path / ".train.parquet.k1ll3d.tmp"
+    killed.write_bytes(b"half a parquet")
+    old = time.time() - 3600
+    os.utime(killed, (old, old))
+    write_bytes(tmp_path / "train.parquet", b"whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.parquet"]
