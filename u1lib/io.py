@@ -90,20 +90,25 @@ def _remove_abandoned(path: Path) -> None:
     for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"):
         if not leftover.name.endswith((".tmp", ".tmp.old")):
             continue
-        if leftover.is_symlink():  # a replaced link: what it points to is not ours
-            leftover.unlink()
-        elif time.time() - leftover.stat().st_mtime > _ABANDONED_AFTER_S and not _held_by_a_writer(leftover):
-            if leftover.is_dir():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):  # gone meanwhile
+            if leftover.is_symlink():  # a replaced link: what it points to is not ours
+                leftover.unlink()
+            elif time.time() - leftover.stat().st_mtime > _ABANDONED_AFTER_S and not _held_by_a_writer(leftover):
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink()
 
 
-def _held_by_a_writer(folder: Path) -> bool:
-    fd = os.open(folder, os.O_RDONLY)
+def _held_by_a_writer(leftover: Path) -> bool:
+    """Whether a live process holds ``leftover`` (see :func:`_hold`); when that cannot be told, it is."""
+    try:
+        fd = os.open(leftover, os.O_RDONLY)
+    except OSError:
+        return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # held, or a file system that cannot tell: keep it
+    except OSError:  # held, or a file system that cannot tell
         return True
     finally:
         os.close(fd)  # also releases the lock just taken
