@@ -59,6 +59,7 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_UMASK)
     held = os.open(tmp, os.O_RDONLY)
     _hold(held)
+    _BUILDING.add(tmp)
     try:
         yield tmp
         if path.exists():
@@ -72,11 +73,15 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
         else:
             tmp.rename(path)
     finally:
+        _BUILDING.discard(tmp)
         os.close(held)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 _ABANDONED_AFTER_S = 60  # younger temporaries may be a writer's between mkstemp/mkdtemp and flock
+# the temporary folders this process is building: files written inside one (a sample set's PNGs, a
+# cache's shards) need no look for leftovers, which would make writing N files there O(N^2)
+_BUILDING: set[Path] = set()
 
 
 def _hold(fd: int) -> None:
@@ -87,6 +92,8 @@ def _hold(fd: int) -> None:
 
 def _remove_abandoned(path: Path) -> None:
     """Remove the temporary files or folders (and replaced ``.old`` ones) of writers of ``path`` that died."""
+    if any(folder in _BUILDING for folder in path.parents):
+        return
     for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"):
         if not leftover.name.endswith((".tmp", ".tmp.old")):
             continue
