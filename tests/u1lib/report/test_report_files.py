@@ -92,6 +92,7 @@ def test_a_files_folder_holding_the_users_files_is_refused_before_anything_is_wr
     assert (files / "figures" / "plot.png").is_file()
     (files / "samples" / "holiday" / "beach.jpg").unlink()  # left: only what a report writes, and empty folders
     build_report(run_dirs, tmp_path / "r.html", variants=variants, artifacts=ArtifactFolders.under(files), **options)
+    # and a second report over the first one's parts
     build_report(run_dirs, tmp_path / "r.html", variants=variants, artifacts=ArtifactFolders.under(files), **options)
     assert not (files / "figures" / "plot.png").exists()  # a name of the report's kind is the report's to replace
     assert sorted(p.name for p in (files / "samples").iterdir()) == sorted(run_dirs)
