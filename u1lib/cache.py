@@ -23,14 +23,14 @@ import pyarrow.parquet as pq
 import torch
 from safetensors import safe_open
 
-from u1lib.data.prompts import PromptSpec, load_tokenizer
+from u1lib.data.prompts import UNCOND_ID, PromptSpec, load_tokenizer
 from u1lib.data.reader import PackedDataset
 from u1lib.device import DTYPES, resolve_device
 from u1lib.io import atomic_folder, atomic_path, read_json, refuse_foreign, save_safetensors, sha256_file, write_json
 from u1lib.model.config import U1Config
 from u1lib.model.loading import load_model
 from u1lib.model.u1 import PrefixKV
-from u1lib.prefix import UNCOND_ID, PrefixEncoder
+from u1lib.prefix import PrefixEncoder
 from u1lib.snapshot import check_files, digest_files, require_verified
 from u1lib.source_hash import code_hash
 

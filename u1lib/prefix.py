@@ -8,10 +8,7 @@ from typing import Sequence
 import torch
 
 from u1lib.data.prompts import UNCOND_TEXT, PromptSpec, cond_text, encode
-from u1lib.data.sources import UNCOND_ID
 from u1lib.model.u1 import PrefixKV, U1Model
-
-__all__ = ["PrefixEncoder", "UNCOND_ID"]
 
 
 class PrefixEncoder:

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from u1lib.data.pixels import image_png
 from u1lib.data.prompts import PromptSpec, cond_text, load_tokenizer
-from u1lib.data.reader import image_png
 from u1lib.device import resolve_device, resolve_dtype, use_compile_cache
 from u1lib.io import atomic_folder, refuse_foreign, write_bytes, write_json
 from u1lib.lora.adapter import unwrap

@@ -12,12 +12,12 @@ import torch
 
 from tests.conftest import CONFIG_8B
 from u1lib.cache import CacheError, PrefixCacheReader, build_cache, bytes_per_token, cache_key, estimate
-from u1lib.data.prompts import PromptSpec, load_tokenizer
+from u1lib.data.prompts import UNCOND_ID, PromptSpec, load_tokenizer
 from u1lib.data.reader import PackedDataset
 from u1lib.io import ForeignFilesError
 from u1lib.model.config import U1Config
 from u1lib.model.loading import load_model
-from u1lib.prefix import UNCOND_ID, PrefixEncoder
+from u1lib.prefix import PrefixEncoder
 
 
 def _equal(a, b) -> bool:

@@ -12,8 +12,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from u1lib.data.pixels import load_image_tensor
 from u1lib.data.prompts import PromptSpec, cond_text
-from u1lib.data.reader import load_image_tensor
 from u1lib.io import save_safetensors
 from u1lib.model.fp8 import FP8, Fp8Linear
 from u1lib.model.loading import load_model

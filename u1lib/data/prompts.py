@@ -47,6 +47,7 @@ SYSTEM_MESSAGE_FOR_GEN = (
     "description, not the language of the prompt. If no language is specified, use the user's input language."
 )
 UNCOND_TEXT = "<|im_start|>user\n<|im_end|>\n<|im_start|>assistant\n<img>"
+UNCOND_ID = "__uncond__"  # the cache stores the unconditional prefix under this id, so no sample may use it
 EMPTY_THINK_BLOCK = "<think>\n\n</think>\n\n"
 TEMPLATES = ("neo1_0", "plain")
 # Strings the tokenizer turns into control tokens; a caption must not contain them.

@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import io
 import itertools
 import os
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from u1lib.data.images import STORED_FORMAT, encode_png
+from u1lib.data.pixels import load_image_tensor
 from u1lib.data.schema import PACKED_COLUMNS, read_schema, schema_problems
 
 INDEX_COLUMNS = ["sample_id", "bucket", "width", "height"]
@@ -106,30 +103,6 @@ class PackedDataset:
         if self._cached_group is None or self._cached_group[0] != group:
             self._cached_group = (group, self._file.read_row_group(group).to_pylist())
         return self._cached_group[1]
-
-
-def load_image_tensor(png_bytes: bytes) -> torch.Tensor:
-    """Decode one stored image to float32 ``[3, H, W]`` with x / 127.5 - 1 (0 -> -1, 255 -> 1).
-
-    Only PNG is opened, the one format pack writes: bytes of any other kind never reach another
-    Pillow plugin (EPS would start Ghostscript). Anything unreadable raises ValueError.
-    """
-    if not png_bytes:
-        raise ValueError("the image cell is empty")
-    try:
-        with Image.open(io.BytesIO(png_bytes), formats=(STORED_FORMAT,)) as image:
-            pixels = np.array(image.convert("RGB"), dtype=np.uint8)  # [H, W, 3], a writable copy
-    except UnidentifiedImageError:
-        raise ValueError(f"the image cell is not a {STORED_FORMAT} file (pack stores {STORED_FORMAT} only)") from None
-    except Exception as err:  # noqa: BLE001 -- truncated streams and bad chunks surface as many exception types
-        raise ValueError(f"the image cell is a damaged {STORED_FORMAT} ({type(err).__name__}: {err})") from None
-    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous().to(torch.float32) / 127.5 - 1.0
-
-
-def image_png(image: torch.Tensor) -> bytes:
-    """[3, H, W] in [-1, 1] -> PNG bytes (clamp, scale, round): what a sampled image is stored as."""
-    pixels = ((image.float() * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return encode_png(Image.fromarray(pixels))
 
 
 def _hash_order(count: int, salt: str) -> list[int]:

@@ -28,15 +28,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from u1lib.data.images import BadItem, read_file_bytes
-from u1lib.data.prompts import TEMPLATE_TOKENS
+from u1lib.data.prompts import TEMPLATE_TOKENS, UNCOND_ID
 from u1lib.data.schema import SOURCE_OPTIONAL, SOURCE_REQUIRED, read_schema, schema_problems
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 CAPTION_SUFFIX = ".txt"
 _EXPECTED_FILES = "<id>.jpg|jpeg|png|webp images with <id>.txt captions"
 THINK_MARKER = "---think---"
-# The cache stage stores the unconditional prefix under this id, so no sample may use it.
-UNCOND_ID = "__uncond__"  # the cache stores the unconditional prefix under this id
 RESERVED_SAMPLE_IDS = (UNCOND_ID,)
 PARQUET_BATCH_ROWS = 16
 # control, lone surrogate, line and paragraph separator

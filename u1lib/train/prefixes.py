@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 
 from u1lib.cache import PrefixCacheReader
-from u1lib.data.prompts import PromptSpec, load_tokenizer
+from u1lib.data.prompts import UNCOND_ID, PromptSpec, load_tokenizer
 from u1lib.data.reader import PackedDataset
 from u1lib.model.u1 import PrefixKV, U1Model
-from u1lib.prefix import UNCOND_ID, PrefixEncoder
+from u1lib.prefix import PrefixEncoder
 
 
 class PrefixSource:

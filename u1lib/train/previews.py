@@ -17,11 +17,12 @@ from pathlib import Path
 
 import torch
 
-from u1lib.data.reader import PackedDataset, image_png
+from u1lib.data.pixels import image_png
+from u1lib.data.prompts import UNCOND_ID
+from u1lib.data.reader import PackedDataset
 from u1lib.io import atomic_folder, read_json, write_bytes, write_json
 from u1lib.model.sampling import CFG_NORMS, SAMPLER_T_EPS, euler_sample, initial_noise
 from u1lib.model.u1 import U1Model
-from u1lib.prefix import UNCOND_ID
 from u1lib.train.prefixes import PrefixSource
 from u1lib.typed_config import from_section
 

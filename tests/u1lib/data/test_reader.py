@@ -9,7 +9,8 @@ from PIL import Image
 
 from u1lib.data.buckets import BucketSpec
 from u1lib.data.pack import pack
-from u1lib.data.reader import INDEX_COLUMNS, BucketBatchSampler, PackedDataset, load_image_tensor
+from u1lib.data.pixels import load_image_tensor
+from u1lib.data.reader import INDEX_COLUMNS, BucketBatchSampler, PackedDataset
 
 
 @pytest.fixture(scope="module")

@@ -155,7 +155,7 @@ def test_200_steps_lower_validation_loss_and_change_samples(tiny_workspace, tmp_
     sample_variant(
         adapter=tmp_path / "run" / "adapter.safetensors", out_dir=tmp_path / "lora", variant="lora", **common
     )
-    from u1lib.data.reader import load_image_tensor
+    from u1lib.data.pixels import load_image_tensor
 
     base = load_image_tensor((tmp_path / "base" / "cat_seed0.png").read_bytes())
     tuned = load_image_tensor((tmp_path / "lora" / "cat_seed0.png").read_bytes())
