@@ -374,3 +374,14 @@ def test_think_mode_decodes_a_thought_per_prompt_and_keeps_it_in_the_index(tiny_
 def test_bad_think_settings_are_named(think, message):
     with pytest.raises(ValueError, match=message):
         SampleSettings.from_dict({"think": think})
+
+
+def test_the_sampler_does_not_import_the_dataset_stack():
+    """A cold start pays for every import: the sampler writes PNGs and reads no parquet, so pyarrow
+    (0.3 s) must stay out of its process."""
+    import subprocess
+    import sys
+
+    probe = "import sys, u1lib.sample; print(sorted(m for m in sys.modules if m.split('.')[0] == 'pyarrow'))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
