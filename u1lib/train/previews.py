@@ -29,6 +29,8 @@ from u1lib.typed_config import from_section
 STEP_PREFIX = "step-"
 INDEX = "index.json"
 REFERENCE = "reference"
+# image tokens one preview batch denoises (guidance doubles the rows): 2 images at 2048², 8 at 1024²
+PREVIEW_BATCH_TOKENS = 8192
 
 
 @dataclass(frozen=True)
@@ -104,25 +106,25 @@ class Previewer:
 
     @torch.no_grad()
     def run(self, model: U1Model, step: int, autocast) -> list[tuple[dict, bytes]]:
-        """Preview images at ``step``: (index record, PNG bytes) per image, also written to disk."""
+        """Preview images at ``step``: (index record, PNG bytes) per image, also written to disk.
+
+        Captions of one image size share a denoising batch (up to PREVIEW_BATCH_TOKENS image tokens), so
+        a preview step costs one pass per size instead of one per caption.
+        """
         self._write_references()
         s, cfg = self.s, model.config
         uncond_one = self.prefixes.cond([UNCOND_ID])
-        out: list[tuple[dict, bytes]] = []
-        for k, (index, item) in enumerate(zip(self.indices, self.items)):
-            height, width = (s.height, s.width) if s.width else (self.data.heights[index], self.data.widths[index])
+        pngs: dict[tuple[int, int], bytes] = {}
+        for height, width, ks in self._batches(cfg.token_size):
             tokens = (height // cfg.token_size) * (width // cfg.token_size)
-            if height % cfg.token_size or width % cfg.token_size:
-                raise ValueError(
-                    f"train.preview.width/height {width}x{height} must be multiples of the token size {cfg.token_size}"
-                )
-            n = len(s.seeds)
-            noise = torch.cat([initial_noise(seed, height, width, cfg.noise_scale_for(tokens)) for seed in s.seeds])
+            scale = cfg.noise_scale_for(tokens)
+            noise = torch.cat([initial_noise(seed, height, width, scale) for _ in ks for seed in s.seeds])
+            rows = len(ks) * len(s.seeds)
             with autocast():
                 images = euler_sample(
                     model,
-                    self.prefixes.cond([item["sample_id"]]).repeat(n),
-                    uncond_one.repeat(n),
+                    self.prefixes.cond([self.items[k]["sample_id"] for k in ks]).repeat(len(s.seeds)),
+                    uncond_one.repeat(rows),
                     noise.to(self.device),
                     steps=s.steps,
                     shift=s.timestep_shift,
@@ -130,11 +132,34 @@ class Previewer:
                     cfg_norm=s.cfg_norm,
                     t_eps=SAMPLER_T_EPS,
                 )
-            for seed, image in zip(s.seeds, images):
-                record = {"prompt_id": item["sample_id"], "prompt": item["prompt"], "seed": seed}
-                out.append(({**record, "file": f"{k:02d}_seed{seed}.png"}, image_png(image)))
+            for row, image in enumerate(images):
+                pngs[ks[row // len(s.seeds)], s.seeds[row % len(s.seeds)]] = image_png(image)
+        out = []
+        for k, item in enumerate(self.items):
+            record = {"prompt_id": item["sample_id"], "prompt": item["prompt"]}
+            out += [({**record, "seed": seed, "file": f"{k:02d}_seed{seed}.png"}, pngs[k, seed]) for seed in s.seeds]
         self._write_step(step, out)
         return out
+
+    def _batches(self, token_size: int) -> list[tuple[int, int, list[int]]]:
+        """(height, width, caption positions) per denoising batch: captions grouped by image size in
+        order of first appearance, each batch holding at most PREVIEW_BATCH_TOKENS image tokens (one
+        caption's seeds always go together)."""
+        s = self.s
+        sizes: dict[tuple[int, int], list[int]] = {}
+        for k, index in enumerate(self.indices):
+            height, width = (s.height, s.width) if s.width else (self.data.heights[index], self.data.widths[index])
+            if height % token_size or width % token_size:
+                raise ValueError(
+                    f"train.preview.width/height {width}x{height} must be multiples of the token size {token_size}"
+                )
+            sizes.setdefault((height, width), []).append(k)
+        batches = []
+        for (height, width), ks in sizes.items():
+            per_caption = len(s.seeds) * (height // token_size) * (width // token_size)
+            per_batch = max(1, PREVIEW_BATCH_TOKENS // per_caption)
+            batches += [(height, width, ks[i : i + per_batch]) for i in range(0, len(ks), per_batch)]
+        return batches
 
     def _write_step(self, step: int, images: list[tuple[dict, bytes]]) -> None:
         with atomic_folder(step_folder(self.root, step)) as tmp:

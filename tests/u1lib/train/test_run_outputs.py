@@ -191,3 +191,35 @@ def test_a_fresh_start_clears_an_abandoned_runs_files(tiny_workspace, tmp_path):
 def test_bad_preview_settings_name_the_key(preview, message):
     with pytest.raises(ValueError, match=message):
         TrainSettings.from_dict({"preview": preview})
+
+
+def test_previews_of_one_size_share_a_batch_and_draw_the_same_images(tiny_workspace, tmp_path, monkeypatch):
+    """Two captions at one preview size take one denoising pass instead of two, and each image is
+    what its caption alone gives (to one PNG level: batched float32 sums round differently)."""
+    from u1lib.data.pixels import load_image_tensor
+    from u1lib.train import previews
+
+    real, calls = previews.euler_sample, []
+
+    def counting(model, cond, uncond, noise, **kwargs):
+        calls.append(noise.shape[0])
+        return real(model, cond, uncond, noise, **kwargs)
+
+    monkeypatch.setattr(previews, "euler_sample", counting)
+    preview = {"count": 2, "seeds": [0, 5], "steps": 2, "width": 32, "height": 32}
+    settings = dict(steps=1, val_every=0, ckpt_every=0, save_every=0, preview_every=1, preview=preview)
+    _run(tiny_workspace, tmp_path / "batched", **settings)
+    assert calls == [4, 4]  # steps 0 and 1: 2 captions x 2 seeds in one batch each
+    calls.clear()
+    monkeypatch.setattr(previews, "PREVIEW_BATCH_TOKENS", 1)  # one caption a batch, as before batching
+    _run(tiny_workspace, tmp_path / "one_by_one", **settings)
+    assert calls == [2, 2] * 2
+    folder = "previews/step-00000001"
+    index = read_json(tmp_path / "batched" / folder / "index.json")
+    assert index == read_json(tmp_path / "one_by_one" / folder / "index.json")
+    for record in index["images"]:
+        a, b = (
+            load_image_tensor((tmp_path / run / folder / record["file"]).read_bytes())
+            for run in ("batched", "one_by_one")
+        )
+        assert (a - b).abs().max() <= 2 / 255 + 1e-6, record["file"]
