@@ -33,7 +33,7 @@ from u1lib.model.config import U1Config
 from u1lib.model.keys import parameter_shapes
 from u1lib.tiny_config import VARIANTS, tiny_config_dict
 from u1lib.tiny_tokenizer import tokenizer_config_dict, train_tokenizer, vocab_size_of
-from u1lib.tiny_weights import random_weights
+from u1lib.tiny_weights import SEED_KEY, file_metadata, random_weights
 
 WEIGHTS = ("auto", "pretrained", "random")
 
@@ -102,16 +102,14 @@ def build_tiny_snapshot(out_dir: str | Path, seed: int = 0, variant: str = "u1",
     config = tiny_config_dict(vocab_size_of(tokenizer), variant)
     cfg = U1Config.from_upstream_dict(config, source=f"tiny_config_dict(variant={variant!r})")
     tensors = pretrained_weights(cfg) if kind == "pretrained" else random_weights(cfg, seed)
-    metadata = {"format": "pt", _SEED_KEY: str(seed), "u1lib.tiny_weights": kind}
     with atomic_folder(out_dir) as folder:
         write_json(folder / "config.json", config)
-        save_safetensors(folder / "model.safetensors", tensors, metadata)
+        save_safetensors(folder / "model.safetensors", tensors, file_metadata(seed, kind))
         write_text(folder / "tokenizer.json", tokenizer.to_str(pretty=True) + "\n")
         write_json(folder / "tokenizer_config.json", tokenizer_config_dict(tokenizer))
     return out_dir
 
 
-_SEED_KEY = "u1lib.tiny_seed"
 TINY_FILES = frozenset({"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"})
 
 
@@ -125,7 +123,7 @@ def is_tiny_file(folder: Path, name: str) -> bool:
         return True
     try:
         with safe_open(str(path), "pt") as handle:
-            return _SEED_KEY in (handle.metadata() or {})
+            return SEED_KEY in (handle.metadata() or {})
     except (OSError, SafetensorError):  # unreadable or not safetensors: not ours either
         return False
 

@@ -35,7 +35,7 @@ from u1lib.model.config import U1Config
 from u1lib.model.u1 import PrefixKV, U1Model
 from u1lib.tiny_config import tiny_config_dict
 from u1lib.tiny_tokenizer import train_tokenizer, vocab_size_of
-from u1lib.tiny_weights import random_weights
+from u1lib.tiny_weights import file_metadata, random_weights
 from u1lib.train.objectives import flow_loss
 from u1lib.train.optim import make_optimizer, set_lr
 from u1lib.train.settings import TrainSettings
@@ -238,8 +238,7 @@ def write_pretrained(path: str | Path, steps: int | None = None) -> dict:
     path = Path(path)
     command = f"python -m u1lib tiny --pretrain {path}" + ("" if steps is None else f" --steps {steps}")
     weights, record = pretrain(steps=DEFAULT_STEPS if steps is None else steps)
-    metadata = {"format": "pt", "u1lib.tiny_weights": "pretrained", "u1lib.tiny_seed": str(record["seed"])}
-    save_safetensors(path, weights, metadata)
+    save_safetensors(path, weights, file_metadata(record["seed"], "pretrained"))
     record = {"file": path.name, "build_command": command, **record, "bytes": path.stat().st_size}
     record["sha256"] = sha256_file(path)
     write_json(path.with_suffix(".json"), record)

@@ -1,7 +1,7 @@
-"""Random weights that train: the recipe of the tiny model's random variant and of the golden data,
-also used for the random full-size snapshot of the GPU checks (kept apart from tiny.py so that the
-pretraining code, which starts from this draw, and the tiny snapshot builder, which calls the
-pretraining for a rebuild, do not import each other)."""
+"""Random weights that train, and the metadata a tiny weight file carries: the recipe of the tiny
+model's random variant and of the golden data, also used for the random full-size snapshot of the
+GPU checks (kept apart from tiny.py so that the pretraining code, which starts from this draw, and
+the tiny snapshot builder, which calls the pretraining for a rebuild, do not import each other)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,13 @@ import torch
 
 from u1lib.model.config import U1Config
 from u1lib.model.keys import parameter_shapes
+
+SEED_KEY = "u1lib.tiny_seed"  # the metadata key that marks a weight file as a tiny build's
+
+
+def file_metadata(seed: int, kind: str) -> dict[str, str]:
+    """The safetensors metadata of a tiny weight file: its seed, and pretrained or random."""
+    return {"format": "pt", SEED_KEY: str(seed), "u1lib.tiny_weights": kind}
 
 
 def init_like(key: str, noise: torch.Tensor) -> torch.Tensor:
