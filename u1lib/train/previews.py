@@ -115,8 +115,7 @@ class Previewer:
         s, cfg = self.s, model.config
         uncond_one = self.prefixes.cond([UNCOND_ID])
         pngs: dict[tuple[int, int], bytes] = {}
-        for height, width, ks in self._batches(cfg.token_size):
-            tokens = (height // cfg.token_size) * (width // cfg.token_size)
+        for height, width, tokens, ks in self._batches(cfg.token_size):
             scale = cfg.noise_scale_for(tokens)
             noise = torch.cat([initial_noise(seed, height, width, scale) for _ in ks for seed in s.seeds])
             rows = len(ks) * len(s.seeds)
@@ -141,8 +140,8 @@ class Previewer:
         self._write_step(step, out)
         return out
 
-    def _batches(self, token_size: int) -> list[tuple[int, int, list[int]]]:
-        """(height, width, caption positions) per denoising batch: captions grouped by image size in
+    def _batches(self, token_size: int) -> list[tuple[int, int, int, list[int]]]:
+        """(height, width, image tokens, caption positions) per denoising batch: captions grouped by image size in
         order of first appearance, each batch holding at most PREVIEW_BATCH_TOKENS image tokens (one
         caption's seeds always go together)."""
         s = self.s
@@ -156,9 +155,9 @@ class Previewer:
             sizes.setdefault((height, width), []).append(k)
         batches = []
         for (height, width), ks in sizes.items():
-            per_caption = len(s.seeds) * (height // token_size) * (width // token_size)
-            per_batch = max(1, PREVIEW_BATCH_TOKENS // per_caption)
-            batches += [(height, width, ks[i : i + per_batch]) for i in range(0, len(ks), per_batch)]
+            tokens = (height // token_size) * (width // token_size)
+            per_batch = max(1, PREVIEW_BATCH_TOKENS // (len(s.seeds) * tokens))
+            batches += [(height, width, tokens, ks[i : i + per_batch]) for i in range(0, len(ks), per_batch)]
         return batches
 
     def _write_step(self, step: int, images: list[tuple[dict, bytes]]) -> None:
